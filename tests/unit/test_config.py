@@ -1,0 +1,124 @@
+"""Config loading: each class of error names file, line and key; nothing starts Ray."""
+
+import dataclasses
+import typing
+
+import pytest
+
+from rayalign.cluster import check_resource_plan, stage_demands
+from rayalign.config import Config, field_docs, load_config, parse_override
+from rayalign.errors import ConfigError
+
+
+def _write(tmp_path, text: str):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_shipped_configs_validate(repo):
+    quick = load_config(repo / "configs/quickstart.yaml")
+    assert quick.model.policy == "builtin:smollm2-135m-instruct"
+    assert quick.cluster.num_cpus == 2 and quick.rollout.backend == "vllm"
+    gpu = load_config(repo / "configs/gpu-8x-h100.yaml")
+    assert gpu.cluster.num_gpus == 8 and gpu.rollout.gpus_per_worker == 1
+
+
+def test_overrides_are_typed(repo):
+    cfg = load_config(repo / "configs/quickstart.yaml", ["--rl.lr=2e-6", "--rollout.n=8", "--data.prompts=[a.jsonl]"])
+    assert cfg.rl.lr == 2e-6 and cfg.rollout.n == 8
+    assert cfg.data.prompts == ("a.jsonl",)
+    assert parse_override("--tracking.run_dir=/tmp/x") == ("tracking.run_dir", "/tmp/x")
+
+
+def test_unknown_key_names_file_line_and_suggests(tmp_path):
+    path = _write(tmp_path, "rl:\n  steps: 3\n  lrr: 1.0e-6\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert str(e.value).startswith(f"{path}:3: rl.lrr: unknown key; did you mean 'lr'?")
+
+
+def test_unknown_section(tmp_path):
+    with pytest.raises(ConfigError, match=r"c.yaml:1: rollouts: unknown key; did you mean 'rollout'"):
+        load_config(_write(tmp_path, "rollouts:\n  n: 2\n"))
+
+
+def test_wrong_type(tmp_path):
+    with pytest.raises(ConfigError, match=r"c.yaml:2: rollout.n: must be int; got 'four'"):
+        load_config(_write(tmp_path, "rollout:\n  n: four\n"))
+    with pytest.raises(ConfigError, match=r"rollout.backend: must be one of vllm, transformers; got 'tgi'"):
+        load_config(_write(tmp_path, "rollout:\n  backend: tgi\n"))
+    with pytest.raises(ConfigError, match=r"rl.lr: must be float; got True"):
+        load_config(_write(tmp_path, "rl:\n  lr: true\n"))
+
+
+def test_out_of_range(tmp_path):
+    with pytest.raises(ConfigError, match=r"c.yaml:3: rollout.top_p: must be <= 1.0; got 1.5"):
+        load_config(_write(tmp_path, "rollout:\n  n: 2\n  top_p: 1.5\n"))
+    with pytest.raises(ConfigError, match=r"command line: sft.zero_stage: must be <= 3; got 4"):
+        load_config(None, ["--sft.zero_stage=4"])
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match=r"c.yaml:2: spec.path: no such file or directory: nowhere"):
+        load_config(_write(tmp_path, "spec:\n  path: nowhere\n"))
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "absent.yaml")
+
+
+def test_duplicate_key_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match=r"c.yaml:3: n: duplicate key"):
+        load_config(_write(tmp_path, "rollout:\n  n: 2\n  n: 3\n"))
+    with pytest.raises(ConfigError, match=r"c.yaml:\d+: invalid YAML"):
+        load_config(_write(tmp_path, "rollout: [\n"))
+
+
+def test_impossible_resource_request_names_keys(tmp_path):
+    path = _write(tmp_path, "rollout:\n  num_workers: 2\n  cpus_per_worker: 1\ncluster:\n  num_cpus: 2\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    message = str(e.value)
+    assert message.startswith(f"{path}:2: rollout.num_workers: stage generate runs")
+    assert "rollout.num_workers x rollout.cpus_per_worker" in message
+    assert "judge.replicas x judge.cpus_per_replica" in message and "2.5 CPUs" in message
+
+
+def test_actor_larger_than_cluster(tmp_path):
+    with pytest.raises(ConfigError, match=r"judge.gpus_per_replica: one actor asks 1 GPUs but cluster.num_gpus is 0"):
+        load_config(_write(tmp_path, "judge:\n  gpus_per_replica: 1\n"))
+
+
+def test_custom_resource_must_exist(tmp_path):
+    text = "rollout:\n  resource: rollout\ncluster:\n  resources: {judge: 1}\n"
+    with pytest.raises(ConfigError, match=r"c.yaml:2: rollout.resource: .*custom resource 'rollout'"):
+        load_config(_write(tmp_path, text))
+
+
+def test_tensor_parallel_needs_gpus():
+    with pytest.raises(ConfigError, match="rollout.tensor_parallel_size: tensor parallelism needs GPUs"):
+        load_config(None, ["--rollout.tensor_parallel_size=2"])
+
+
+def test_defaults_fit_two_cpus():
+    check_resource_plan(Config())
+    demands = stage_demands(Config())
+    assert set(demands) == {"generate", "sft", "rl", "eval"}
+
+
+def test_every_field_is_documented():
+    def walk(cls):
+        docs = field_docs(cls)
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.name == "source":
+                continue
+            assert docs.get(f.name), f"{cls.__name__}.{f.name} has no docstring"
+            if dataclasses.is_dataclass(hints[f.name]):
+                walk(hints[f.name])
+
+    walk(Config)
+
+
+def test_config_is_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Config().rl.lr = 1.0  # type: ignore[misc]
