@@ -1,0 +1,70 @@
+"""The output format, defined once: reasoning in a think block, then the answer.
+
+    <think>
+    The request asks for ... self_harm.S1 applies ... style.S1 ...
+    </think>
+    I'm really sorry you're going through this ...
+
+Models whose chat template has its own reasoning markers use the same tags.
+:func:`split_completion` never guesses: anything off-format is flagged
+malformed with the reason, so the filter can drop it and RL can penalise it.
+"""
+
+from __future__ import annotations
+
+from rayalign.types import Completion, FinishReason
+
+THINK_OPEN = "<think>"
+THINK_CLOSE = "</think>"
+
+FORMAT_INSTRUCTIONS = (
+    f"First think step by step inside {THINK_OPEN} ... {THINK_CLOSE}. "
+    f"After {THINK_CLOSE}, write only the final answer to the user."
+)
+
+
+def split_completion(text: str, finish_reason: FinishReason = "stop") -> Completion:
+    """Split a completion into (reasoning, answer), flagging malformed ones.
+
+    >>> split_completion("<think>allowed: general.P4</think>Run kill -9 PID.")
+    Completion(reasoning='allowed: general.P4', answer='Run kill -9 PID.', malformed=None)
+    >>> split_completion("Sure, here you go").malformed
+    'no_reasoning'
+    """
+    body = text.strip()
+    if finish_reason == "length":
+        reasoning, answer = _best_effort(body)
+        return Completion(reasoning, answer, "truncated")
+    if not body:
+        return Completion("", "", "empty")
+    if not body.startswith(THINK_OPEN):
+        return Completion("", body, "no_reasoning")
+    if body.count(THINK_OPEN) > 1 or body.count(THINK_CLOSE) > 1:
+        reasoning, answer = _best_effort(body)
+        return Completion(reasoning, answer, "repeated_reasoning")
+    if THINK_CLOSE not in body:
+        return Completion(body[len(THINK_OPEN) :].strip(), "", "unclosed_reasoning")
+    inner, answer = body[len(THINK_OPEN) :].split(THINK_CLOSE, 1)
+    reasoning, answer = inner.strip(), answer.strip()
+    if not reasoning:
+        return Completion("", answer, "empty_reasoning")
+    if not answer:
+        return Completion(reasoning, "", "no_answer")
+    return Completion(reasoning, answer, None)
+
+
+def _best_effort(body: str) -> tuple[str, str]:
+    """Reasoning and answer as far as they can be told apart (for logging only)."""
+    if THINK_CLOSE in body:
+        inner, answer = body.split(THINK_CLOSE, 1)
+        return inner.replace(THINK_OPEN, "").strip(), answer.strip()
+    return body.replace(THINK_OPEN, "").strip(), ""
+
+
+def join_completion(reasoning: str, answer: str) -> str:
+    """The training target for an SFT example, in the same format.
+
+    >>> join_completion("r", "a")
+    '<think>\\nr\\n</think>\\na'
+    """
+    return f"{THINK_OPEN}\n{reasoning.strip()}\n{THINK_CLOSE}\n{answer.strip()}"

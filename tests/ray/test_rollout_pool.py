@@ -1,0 +1,109 @@
+"""Sampler actors on a real local Ray with the vLLM backend and the tiny model."""
+
+import collections
+import threading
+import time
+
+import pytest
+import ray
+import torch
+
+from rayalign.models import load_model
+from rayalign.rollout.engine import EngineConfig
+from rayalign.rollout.pool import PoolResources, RolloutPool
+from rayalign.types import Message, Prompt, SamplingSettings
+
+ENGINE = EngineConfig(model="builtin:tiny", backend="vllm", dtype="float32", max_model_len=512)
+
+
+def _prompts(k: int) -> list[Prompt]:
+    return [Prompt(id=f"p{i}", messages=(Message("user", f"question {i}: why?"),)) for i in range(k)]
+
+
+@pytest.fixture(scope="module")
+def pool(ray_cluster, tiny_model):
+    pool = RolloutPool(ENGINE, PoolResources(num_workers=2, cpus=1.0, max_restarts=2))
+    infos = pool.wait_ready()
+    assert len({i.pid for i in infos}) == 2
+    yield pool
+    pool.shutdown()
+
+
+def _reference_logprob_sum(model, prompt_ids, token_ids) -> float:
+    ids = torch.tensor([list(prompt_ids) + list(token_ids)])
+    with torch.no_grad():
+        logprobs = torch.log_softmax(model(ids).logits[0].float(), dim=-1)
+    start = len(prompt_ids) - 1
+    picked = logprobs[start : start + len(token_ids)].gather(-1, torch.tensor(token_ids)[:, None])
+    return picked.sum().item()
+
+
+def test_pool_samples_n_per_prompt_with_matching_logprobs(pool):
+    settings = SamplingSettings(n=4, temperature=1.0, max_new_tokens=16, seed=3)
+    rollouts = pool.generate(_prompts(6), settings)
+    assert [r.prompt_id for r in rollouts] == [f"p{i}" for i in range(6) for _ in range(4)]
+    assert [r.sample_index for r in rollouts[:4]] == [0, 1, 2, 3]
+    assert len({r.token_ids for r in rollouts[:4]}) > 1  # n distinct samples, not copies
+    reference, _ = load_model("builtin:tiny", dtype="float32")
+    for r in rollouts[::5]:
+        assert len(r.token_ids) == len(r.logprobs) > 0
+        assert r.backend == "vllm" and r.finish_reason in ("stop", "length")
+        assert sum(r.logprobs) == pytest.approx(_reference_logprob_sum(reference, r.prompt_token_ids, r.token_ids), abs=1e-3)
+
+
+def test_same_prompt_samples_the_same_on_any_worker(pool):
+    settings = SamplingSettings(n=2, temperature=1.0, max_new_tokens=8, seed=11)
+    a = pool.generate(_prompts(4), settings, chunk_size=1)
+    b = pool.generate(list(reversed(_prompts(4))), settings, chunk_size=3)
+    by_id = {(r.prompt_id, r.sample_index): r.token_ids for r in b}
+    assert all(by_id[(r.prompt_id, r.sample_index)] == r.token_ids for r in a)
+
+
+def test_killing_an_actor_mid_batch_loses_and_duplicates_nothing(pool):
+    prompts = _prompts(16)
+    # Long enough (the random tiny model rarely stops early) that the kill lands mid-chunk.
+    settings = SamplingSettings(n=2, temperature=1.0, max_new_tokens=256, seed=5)
+    retries_before = pool.retries
+    victim = pool.actors[0]
+
+    def kill_soon():
+        time.sleep(0.5)
+        ray.kill(victim, no_restart=False)  # dies; Ray restarts it (max_restarts)
+
+    killer = threading.Thread(target=kill_soon)
+    killer.start()
+    rollouts = pool.generate(prompts, settings, chunk_size=1)
+    killer.join()
+    counts = collections.Counter(r.prompt_id for r in rollouts)
+    assert counts == {p.id: 2 for p in prompts}
+    assert len({(r.prompt_id, r.sample_index) for r in rollouts}) == len(rollouts)
+    assert pool.retries > retries_before, "the kill did not hit a running chunk"
+
+
+def _greedy(model, tokenizer, prompt_ids, n_tokens) -> list[int]:
+    ids = torch.tensor([list(prompt_ids)])
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=n_tokens, min_new_tokens=n_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    return out[0, ids.shape[1] :].tolist()
+
+
+def test_weight_update_switches_samplers_to_the_new_model(pool):
+    original, tokenizer = load_model("builtin:tiny", dtype="float32")
+    other, _ = load_model("builtin:tiny", dtype="float32")
+    torch.manual_seed(1234)
+    with torch.no_grad():  # same shapes, clearly different weights
+        for p in other.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    greedy = SamplingSettings(n=1, temperature=0.0, max_new_tokens=12, seed=0)
+    prompts = _prompts(4)
+    before = pool.generate(prompts, greedy)
+    pool.update_weights(other.state_dict(), version=7)
+    after = pool.generate(prompts, greedy)
+    assert all(r.policy_version == 7 for r in after)
+    for r in after:
+        assert list(r.token_ids) == _greedy(other, tokenizer, r.prompt_token_ids, len(r.token_ids))
+    assert [r.token_ids for r in after] != [r.token_ids for r in before]
+    pool.update_weights(original.state_dict(), version=8)
+    restored = pool.generate(prompts, greedy)
+    assert [r.token_ids for r in restored] == [r.token_ids for r in before]
+
