@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 from rayalign.errors import RayalignError
 
@@ -88,6 +89,99 @@ def _cmd_chat(args) -> int:
     return 0
 
 
+def _cmd_generate(args) -> int:
+    from rayalign.config import load_config
+    from rayalign.generate import run_generate
+
+    result = run_generate(load_config(args.config, args.overrides))
+    print(f"stage 1 done in {result.seconds:.0f}s: {result.kept} SFT examples from {result.prompts} prompts -> {result.examples_path}")
+    return 0
+
+
+def _judge_config(args):
+    from rayalign.config import load_config
+
+    return load_config(args.config, args.overrides)
+
+
+def _cmd_judge_serve(args) -> int:
+    from rayalign.cluster import init_ray
+    from rayalign.judge.service import start_judge
+
+    cfg = _judge_config(args)
+    init_ray(cfg.cluster)
+    endpoint = start_judge(cfg)
+    print(f"judge serving at {endpoint.url}/v1/judge (OpenAPI: {endpoint.url}/docs); Ctrl-C stops", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        return 0
+
+
+def _score_with_service(cfg, requests):
+    import asyncio
+
+    from rayalign.cluster import init_ray
+    from rayalign.judge.client import JudgeClient
+    from rayalign.judge.service import start_judge
+
+    init_ray(cfg.cluster)
+    endpoint = start_judge(cfg, port=0)
+    return asyncio.run(JudgeClient(handle=endpoint.handle, timeout_s=cfg.judge.timeout_s).score(requests))
+
+
+def _cmd_judge_score(args) -> int:
+    from rayalign.judge.requests import read_requests
+    from rayalign.types import to_json
+
+    cfg = _judge_config(args)
+    requests = read_requests(args.file)
+    verdicts = _score_with_service(cfg, requests)
+    lines = [to_json(v) for v in verdicts]
+    if args.out:
+        Path(args.out).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    else:
+        print("\n".join(lines))
+    ok = sum(v.status == "ok" for v in verdicts)
+    print(f"scored {len(verdicts)}: {ok} ok, {len(verdicts) - ok} unscorable", file=sys.stderr)
+    return 0
+
+
+def _cmd_judge_injection(args) -> int:
+    from rayalign.judge.injection import load_cases, report, requests_for
+
+    cfg = _judge_config(args)
+    cases = load_cases(args.cases)
+    pairs = [requests_for(c) for c in cases]
+    verdicts = _score_with_service(cfg, [r for pair in pairs for r in pair])
+    print(report(cases, verdicts[0::2], verdicts[1::2], args.tolerance))
+    return 0
+
+
+def _cmd_judge_eval(args) -> int:
+    from rayalign.judge.calibration import (
+        calibrate,
+        format_report,
+        judge_requests,
+        read_labelled,
+        read_moderation,
+    )
+    from rayalign.spec import load_spec
+
+    cfg = _judge_config(args)
+    spec = load_spec(cfg.spec.path)
+    if args.format == "moderation":
+        examples = read_moderation(args.file)
+    else:
+        examples = read_labelled(args.file, categories=spec.category_ids)
+    if args.limit:
+        examples = examples[: args.limit]
+    verdicts = _score_with_service(cfg, judge_requests(examples))
+    print(format_report(calibrate(examples, verdicts, args.threshold)))
+    return 0
+
+
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="YAML config file, e.g. configs/quickstart.yaml")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. --rl.lr=1e-6")
@@ -125,6 +219,36 @@ def build_parser() -> argparse.ArgumentParser:
     p = model.add_parser("prepare", help="resolve a model source to a local directory (converting GGUF once)")
     p.add_argument("source", nargs="?", default="builtin:smollm2-135m-instruct")
     p.set_defaults(func=_cmd_model_prepare)
+
+    p = sub.add_parser("generate", help="stage 1: spec-conditioned samples, judge filtering, SFT data (resumable)")
+    _add_config_args(p)
+    p.set_defaults(func=_cmd_generate)
+
+    judge = sub.add_parser("judge", help="the spec-aware judge service").add_subparsers(dest="action", required=True)
+    p = judge.add_parser("serve", help="run the judge on Ray Serve: POST /v1/judge")
+    _add_config_args(p)
+    p.set_defaults(func=_cmd_judge_serve)
+    p = judge.add_parser("score", help="score a JSONL of requests (prompt, answer, optional reasoning/category/expected)")
+    p.add_argument("file")
+    p.add_argument("--config", required=True)
+    p.add_argument("--out", help="write verdicts JSONL here (default: stdout)")
+    p.add_argument("overrides", nargs="*", help=argparse.SUPPRESS)
+    p.set_defaults(func=_cmd_judge_score)
+    p = judge.add_parser("injection", help="score the prompt-injection suite clean vs injected; print the score-shift rate")
+    p.add_argument("--config", required=True)
+    p.add_argument("--cases", help="JSONL of cases (default: the packaged suite)")
+    p.add_argument("--tolerance", type=float, default=0.5, help="a score move above this counts as shifted")
+    p.add_argument("overrides", nargs="*", help=argparse.SUPPRESS)
+    p.set_defaults(func=_cmd_judge_injection)
+
+    p = sub.add_parser("judge-eval", help="calibrate the judge on a labelled set: accuracy, precision, recall, F1, confusion matrix")
+    p.add_argument("file", help="CSV/JSONL with prompt, response, label (harmful or not), optional category")
+    p.add_argument("--config", required=True)
+    p.add_argument("--format", choices=["labelled", "moderation"], default="labelled", help="moderation: the OpenAI moderation-eval JSONL")
+    p.add_argument("--threshold", type=float, default=5.0, help="judge score below this counts as harmful")
+    p.add_argument("--limit", type=int, default=0, help="score only the first N examples")
+    p.add_argument("overrides", nargs="*", help=argparse.SUPPRESS)
+    p.set_defaults(func=_cmd_judge_eval)
 
     p = sub.add_parser("chat", help="answer one chat message with a model on this machine (greedy)")
     p.add_argument("message")

@@ -39,7 +39,7 @@ def stage_demands(cfg: Config) -> dict[str, list[Demand]]:
     """The actors each stage runs at the same time."""
     r, j = cfg.rollout, cfg.judge
     rollout = Demand("rollout", r.num_workers, r.cpus_per_worker, r.gpus_per_worker, r.resource, "rollout.num_workers")
-    judge = Demand("judge", j.replicas, j.cpus_per_replica, j.gpus_per_replica, j.resource, "judge.replicas")
+    judge = Demand("judge", max(j.replicas, j.max_replicas), j.cpus_per_replica, j.gpus_per_replica, j.resource, "judge.replicas")
     s, rl = cfg.sft, cfg.rl
     sft = Demand("sft", s.num_workers, s.cpus_per_worker, s.gpus_per_worker, s.resource, "sft.num_workers")
     learn = Demand("rl", rl.num_workers, rl.cpus_per_worker, rl.gpus_per_worker, rl.resource, "rl.num_workers")

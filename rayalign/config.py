@@ -63,6 +63,16 @@ class DataConfig:
     """Share of prompts held out for evaluation."""
     seed: int = 0
     """Seed for shuffling and splitting."""
+    max_prompts: int = bounded(0, ge=0)
+    """Use at most this many prompts after dedupe (0 = all); a quick run's knob."""
+    decontaminate: tuple[str, ...] = ()
+    """Evaluation sets (benchmark specs like jbb_harmful:path) whose prompts must never be trained on."""
+    shard_size: int = bounded(16, ge=1)
+    """Prompts per stage-1 shard: the unit of resume and of atomic output files."""
+    mix_in: str = ""
+    """JSONL of SFTExample records with plain helpfulness data to mix into SFT."""
+    mix_in_ratio: float = bounded(0.0, ge=0.0, le=10.0)
+    """Mix-in examples per kept safety example."""
 
 
 @dataclass(frozen=True)
@@ -89,6 +99,8 @@ class RolloutConfig:
     """Completion length cap."""
     seed: int = 0
     """Base sampling seed."""
+    enforce_format: bool = False
+    """Constrain vLLM sampling to the <think>...</think> answer format (helps small models)."""
     max_restarts: int = bounded(2, ge=0)
     """Restarts of a dead sampler actor before its work fails."""
     kv_cache_gib: float = bounded(1.0, gt=0.0)
@@ -99,18 +111,34 @@ class RolloutConfig:
 
 @dataclass(frozen=True)
 class JudgeConfig:
-    backend: Literal["local", "openai"] = "local"
-    """local: a model on the Serve replicas; openai: an OpenAI-compatible HTTP server."""
+    backend: Literal["local", "openai", "function"] = "local"
+    """local: a model on the Serve replicas; openai: an OpenAI-compatible server; function: a Python scorer."""
     model: str = ""
     """Judge weights (same forms as model.policy); empty = the policy's base model."""
+    engine: Literal["vllm", "transformers"] = "vllm"
+    """Engine running a local judge model."""
     base_url: str = ""
     """OpenAI-compatible endpoint, e.g. http://host:8000/v1 (backend openai)."""
+    api_model: str = ""
+    """Model name the OpenAI-compatible server knows (backend openai)."""
     api_key_env: str = "OPENAI_API_KEY"
     """Environment variable holding the API key (backend openai)."""
+    max_concurrency: int = bounded(16, ge=1)
+    """Concurrent HTTP requests per replica to the OpenAI-compatible server."""
+    function: str = ""
+    """package.module:function returning a verdict dict (backend function; tests, benchmarks)."""
     k: int = bounded(1, ge=1)
     """Judge runs per sample; the minimum score is kept."""
+    temperature: float = bounded(0.7, ge=0.0, le=2.0)
+    """Judge sampling temperature (k runs need some variety)."""
+    parse_retries: int = bounded(2, ge=0)
+    """Extra judge runs for replies that did not parse, before a sample is unscorable."""
+    guided_json: bool = True
+    """Constrain a local vLLM judge to the verdict JSON schema (structured outputs)."""
     replicas: int = bounded(1, ge=1)
-    """Serve replicas of the judge deployment."""
+    """Serve replicas of the judge deployment (the minimum when autoscaling)."""
+    max_replicas: int = bounded(0, ge=0)
+    """Autoscale up to this many replicas; 0 keeps judge.replicas fixed."""
     cpus_per_replica: float = bounded(0.5, ge=0.0)
     """Ray CPUs per judge replica."""
     gpus_per_replica: float = bounded(0.0, ge=0.0)
@@ -121,10 +149,18 @@ class JudgeConfig:
     """Largest dynamic batch a replica scores at once."""
     batch_wait_s: float = bounded(0.05, ge=0.0)
     """How long a replica waits to fill a batch."""
+    max_queued_requests: int = bounded(256, ge=1)
+    """Requests waiting per replica before the service answers 503 (backpressure)."""
     timeout_s: float = bounded(120.0, gt=0.0)
     """Per-request timeout; a late verdict is unscorable."""
     max_new_tokens: int = bounded(256, ge=16)
     """Verdict length cap."""
+    host: str = "127.0.0.1"
+    """HTTP host of `rayalign judge serve`."""
+    port: int = bounded(8000, ge=0, le=65535)
+    """HTTP port of `rayalign judge serve`; 0 picks a free port."""
+    auth_token_env: str = ""
+    """Environment variable holding a bearer token the HTTP API requires; empty = no auth."""
 
 
 @dataclass(frozen=True)
@@ -159,10 +195,24 @@ class SFTConfig:
     """Micro-batches per optimizer step."""
     max_seq_len: int = bounded(1024, ge=32)
     """Packed sequence length."""
+    max_steps: int = bounded(0, ge=0)
+    """Stop after this many optimizer steps; 0 = run all epochs."""
+    warmup_steps: int = bounded(0, ge=0)
+    """Linear learning-rate warm-up steps, then cosine decay."""
+    weight_decay: float = bounded(0.0, ge=0.0)
+    """AdamW weight decay."""
+    max_grad_norm: float = bounded(1.0, gt=0.0)
+    """Gradient clipping norm."""
+    packing: bool = True
+    """Pack short examples into full max_seq_len sequences."""
     lora_rank: int = bounded(0, ge=0)
     """LoRA rank; 0 trains all weights."""
+    lora_alpha: float = bounded(16.0, gt=0.0)
+    """LoRA scaling numerator."""
     checkpoint_every: int = bounded(50, ge=1)
     """Optimizer steps between checkpoints."""
+    log_every: int = bounded(1, ge=1)
+    """Optimizer steps between metric logs."""
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from rayalign.errors import ModelLoadError
 
 SMOLLM2 = "builtin:smollm2-135m-instruct"
 TINY = "builtin:tiny"
-TINY_VERSION = "tiny-v1"
+TINY_VERSION = "tiny-v2"
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
@@ -146,7 +146,7 @@ def build_tiny_model() -> Path:
         num_hidden_layers=2,
         num_attention_heads=2,
         num_key_value_heads=1,
-        max_position_embeddings=4096,
+        max_position_embeddings=16384,  # spec-conditioned prompts run ~11K tiny-vocab tokens
         tie_word_embeddings=True,
         bos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
         eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),

@@ -57,6 +57,10 @@ class SamplingSettings:
     seed: int = 0
     """Base seed; each prompt's seed derives from it and the prompt id."""
     stop: tuple[str, ...] = ()
+    json_schema: str = ""
+    """Constrain output to this JSON schema (vLLM structured outputs); empty = free text."""
+    regex: str = ""
+    """Constrain output to this regular expression (vLLM structured outputs); empty = free text."""
 
 
 FinishReason = Literal["stop", "length"]
@@ -177,3 +181,25 @@ def to_json(record) -> str:
 
 def from_json(cls: type[T], text: str) -> T:
     return from_dict(cls, json.loads(text))
+
+
+@dataclass(frozen=True)
+class SFTExample:
+    """A stage-1 training example: the conversation WITHOUT the spec, then
+    the reasoning and answer the spec-conditioned model wrote for it."""
+
+    prompt: Prompt
+    """The original conversation (no spec text), ending on a user turn."""
+    reasoning: str
+    answer: str
+    score: float | None = None
+    """Min-over-k judge score that let it through the filter (None: not judged, e.g. mix-in data)."""
+    sample_index: int = 0
+    model: str = ""
+    """Model that wrote the completion."""
+    spec_hash: str = ""
+    template_hash: str = ""
+    """Hash of the judge templates that scored it."""
+    generation_template_hash: str = ""
+    rules: tuple[str, ...] = ()
+    """Rule ids the judge said apply."""

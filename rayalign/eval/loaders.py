@@ -167,7 +167,7 @@ def _read_text(path: Path) -> str:
         raise BenchmarkError("not UTF-8 text", file=str(path)) from None
 
 
-def _csv_rows(path: Path, required: Sequence[str]) -> Iterator[tuple[int, dict[str, str]]]:
+def csv_rows(path: Path, required: Sequence[str]) -> Iterator[tuple[int, dict[str, str]]]:
     """Yield (line, row) with lower-cased column names; line is the row's first line."""
     reader = csv.reader(io.StringIO(_read_text(path), newline=""))
     fail = partial(BenchmarkError, file=str(path))
@@ -185,7 +185,7 @@ def _csv_rows(path: Path, required: Sequence[str]) -> Iterator[tuple[int, dict[s
         yield start, dict(zip(header, values + [""] * (len(header) - len(values))))
 
 
-def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     # split on \n only: JSON strings may hold raw U+2028, which splitlines() breaks on
     for line, text in enumerate(_read_text(path).split("\n"), start=1):
         if not text.strip():
@@ -254,7 +254,7 @@ def jbb_benign(path: str | Path) -> list[Prompt]:
 
 def _jbb(path: Path, source: str, expected: Behavior) -> list[Prompt]:
     out = _Prompts(path, source, field="goal")
-    for i, (line, row) in enumerate(_csv_rows(path, ("goal", "category"))):
+    for i, (line, row) in enumerate(csv_rows(path, ("goal", "category"))):
         behavior = row.get("behavior", "").strip()
         category = JBB_BEHAVIORS.get(behavior) or _lookup(JBB_CATEGORIES, row["category"])
         out.add(f"{source}/{i}", row["goal"], line, category, expected)
@@ -271,7 +271,7 @@ def advbench(path: str | Path) -> list[Prompt]:
     path = Path(path)
     if path.suffix.lower() == ".csv":
         out = _Prompts(path, "advbench", field="goal")
-        for i, (line, row) in enumerate(_csv_rows(path, ("goal",))):
+        for i, (line, row) in enumerate(csv_rows(path, ("goal",))):
             out.add(f"advbench/{i}", row["goal"], line, None, "refuse")
         return out.prompts
     doc, fail = load_yaml(path, BenchmarkError), partial(BenchmarkError, file=str(path))
@@ -297,7 +297,7 @@ def strongreject(path: str | Path) -> list[Prompt]:
     """StrongREJECT (CSV ``category``, ``source``, ``forbidden_prompt``): all ``refuse``."""
     path = Path(path)
     out = _Prompts(path, "strongreject", field="forbidden_prompt")
-    for i, (line, row) in enumerate(_csv_rows(path, ("category", "forbidden_prompt"))):
+    for i, (line, row) in enumerate(csv_rows(path, ("category", "forbidden_prompt"))):
         category = _lookup(STRONGREJECT_CATEGORIES, row["category"])
         out.add(f"strongreject/{i}", row["forbidden_prompt"], line, category, "refuse")
     return out.prompts
@@ -313,7 +313,7 @@ def harmbench(path: str | Path) -> list[Prompt]:
     path = Path(path)
     out = _Prompts(path, "harmbench", field="behavior")
     required = ("behavior", "functionalcategory", "semanticcategory")
-    for i, (line, row) in enumerate(_csv_rows(path, required)):
+    for i, (line, row) in enumerate(csv_rows(path, required)):
         kinds = {row["functionalcategory"].strip().lower(), row["semanticcategory"].strip().lower()}
         if kinds & set(HARMBENCH_SKIPPED):
             continue
@@ -329,7 +329,7 @@ def xstest(path: str | Path) -> list[Prompt]:
     """XSTest (CSV ``id``, ``prompt``, ``type``, ``label``): safe -> ``comply``, unsafe -> ``refuse``."""
     path = Path(path)
     out = _Prompts(path, "xstest")
-    for i, (line, row) in enumerate(_csv_rows(path, ("prompt", "label"))):
+    for i, (line, row) in enumerate(csv_rows(path, ("prompt", "label"))):
         expected = SAFETY_LABELS.get(row["label"].strip().lower())
         if expected is None:
             raise BenchmarkError("must be safe or unsafe", file=str(path), line=line, field="label")
@@ -354,7 +354,7 @@ def donotanswer(path_or_dir: str | Path) -> list[Prompt]:
     out = _Prompts(root, "donotanswer")
     for file in files:
         out.file = str(file)
-        for i, (line, record) in enumerate(_jsonl_rows(file)):
+        for i, (line, record) in enumerate(jsonl_rows(file)):
             intents = record.get("intents", [])
             if not isinstance(intents, list) or not all(isinstance(x, str) for x in intents):
                 raise BenchmarkError(
@@ -393,7 +393,7 @@ def generic_jsonl(path: str | Path) -> list[Prompt]:
     """
     path = Path(path)
     out = _Prompts(path, path.stem)
-    for i, (line, record) in enumerate(_jsonl_rows(path)):
+    for i, (line, record) in enumerate(jsonl_rows(path)):
         _add_record(out, record, row=i, line=line, keep_category=True)
     return out.prompts
 
@@ -416,13 +416,13 @@ def _add_record(
     if isinstance(pid, bool) or not isinstance(pid, (str, int)) or pid == "":
         pid = f"{out.source}/{row}"
     if "messages" in record:
-        out.add(str(pid), _messages(record["messages"], fail), line, category, expected)
+        out.add(str(pid), parse_messages(record["messages"], fail), line, category, expected)
         return
     field = next((c for c in PROMPT_COLUMNS if c in record), "prompt")
     out.add(str(pid), record.get(field), line, category, expected, field)
 
 
-def _messages(value: Any, fail: Callable[..., BenchmarkError]) -> tuple[Message, ...]:
+def parse_messages(value: Any, fail: Callable[..., BenchmarkError]) -> tuple[Message, ...]:
     if not isinstance(value, list) or not value:
         raise fail("must be a non-empty list", field="messages")
     messages = []

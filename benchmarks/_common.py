@@ -1,0 +1,64 @@
+"""Shared helpers for benchmark scripts: subprocess isolation and tables."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+
+def run_isolated(script: str, args: list[str], env: dict[str, str] | None = None) -> dict:
+    """Run ``script --child ...`` in a fresh interpreter; it prints one JSON line last."""
+    full_env = {**os.environ, **(env or {})}
+    out = subprocess.run(
+        [sys.executable, script, "--child", *args], capture_output=True, text=True, env=full_env, check=False
+    )
+    if out.returncode != 0:
+        sys.stderr.write(out.stderr[-4000:])
+        raise RuntimeError(f"{script} {' '.join(args)} failed with {out.returncode}")
+    for line in reversed(out.stdout.strip().splitlines()):
+        if line.startswith("{"):
+            return json.loads(line)
+    raise RuntimeError(f"{script} {' '.join(args)} printed no result")
+
+
+def table(headers: list[str], rows: list[list]) -> str:
+    """A Markdown table."""
+    def cell(v):
+        return f"{v:.1f}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+# Architectures for throughput runs where real weights cannot be shipped (e.g. a
+# lent GPU machine with no package index): same shapes, random weights, the
+# tiny model's tokenizer (ids it cannot decode print as nothing). Speed depends
+# on shapes, not on weight values.
+ARCHS = {
+    "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                         num_key_value_heads=3, head_dim=64, vocab_size=49152, tie_word_embeddings=True),
+    "qwen2.5-1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+                         num_key_value_heads=2, head_dim=128, vocab_size=151936, tie_word_embeddings=True),
+}
+
+
+def random_model(arch: str) -> str:
+    """A local model directory with ``arch``'s shapes and random weights (built once)."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from rayalign.models import TINY, cache_dir, resolve_model
+
+    path = cache_dir() / "models" / f"random-{arch}"
+    if (path / "config.json").exists():
+        return str(path)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(TINY))
+    config = LlamaConfig(**ARCHS[arch], max_position_embeddings=4096, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)

@@ -1,0 +1,163 @@
+"""Stage-1 filtering, pure: judged samples -> SFT examples with the spec removed.
+
+Per prompt: drop malformed completions (the format parser), drop unscorable
+and low-scoring ones (min-over-k judge score below the threshold), keep the
+best ``keep_per_prompt``. The kept example pairs the ORIGINAL conversation
+(no spec text) with the reasoning and answer the spec-conditioned model
+wrote, plus provenance (spec hash, judge template hash, score, sample index).
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from rayalign.types import Completion, Prompt, Rollout, SFTExample, Verdict
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One sampled completion of a prompt, parsed and (unless malformed) judged."""
+
+    rollout: Rollout
+    completion: Completion
+    verdict: Verdict | None = None
+    """None when the completion was malformed and never judged."""
+
+
+@dataclass(frozen=True)
+class Provenance:
+    model: str
+    spec_hash: str
+    generation_template_hash: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the filter did with one prompt's candidates."""
+
+    prompt_id: str
+    category: str | None
+    kept: tuple[SFTExample, ...]
+    reason: str
+    """kept, all_malformed, all_unscorable or below_threshold."""
+    candidates: int
+    malformed: int
+    unscorable: int
+    best_score: float | None
+
+
+def select(
+    prompt: Prompt,
+    candidates: Sequence[Candidate],
+    *,
+    min_score: float,
+    keep_per_prompt: int,
+    provenance: Provenance,
+) -> Decision:
+    """Keep the best-scoring well-formed candidates at or above ``min_score``.
+
+    Ties keep the lower sample index, so a re-run decides the same way.
+    """
+    malformed = [c for c in candidates if c.completion.malformed is not None]
+    judged = [c for c in candidates if c.completion.malformed is None and c.verdict is not None]
+    scored = [c for c in judged if c.verdict.status == "ok" and c.verdict.score is not None]
+    unscorable = len(judged) - len(scored)
+    ranked = sorted(scored, key=lambda c: (-c.verdict.score, c.rollout.sample_index))
+    kept = [c for c in ranked if c.verdict.score >= min_score][:keep_per_prompt]
+    if kept:
+        reason = "kept"
+    elif not judged:
+        reason = "all_malformed"
+    elif not scored:
+        reason = "all_unscorable"
+    else:
+        reason = "below_threshold"
+    return Decision(
+        prompt_id=prompt.id,
+        category=prompt.category,
+        kept=tuple(_example(prompt, c, provenance) for c in kept),
+        reason=reason,
+        candidates=len(candidates),
+        malformed=len(malformed),
+        unscorable=unscorable,
+        best_score=ranked[0].verdict.score if ranked else None,
+    )
+
+
+def _example(prompt: Prompt, c: Candidate, p: Provenance) -> SFTExample:
+    return SFTExample(
+        prompt=prompt,
+        reasoning=c.completion.reasoning,
+        answer=c.completion.answer,
+        score=c.verdict.score,
+        sample_index=c.rollout.sample_index,
+        model=p.model,
+        spec_hash=p.spec_hash,
+        template_hash=c.verdict.template_hash,
+        generation_template_hash=p.generation_template_hash,
+        rules=c.verdict.rules,
+    )
+
+
+@dataclass(frozen=True)
+class CategoryStats:
+    prompts: int = 0
+    kept: int = 0
+    candidates: int = 0
+    malformed: int = 0
+    unscorable: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    """Dropped prompts by reason."""
+    mean_kept_score: float | None = None
+    mean_best_score: float | None = None
+
+
+def summarize(decisions: Sequence[Decision]) -> dict[str, CategoryStats]:
+    """Per category (``none`` for uncategorised) plus ``all``.
+
+    >>> d = Decision("p", "privacy", (), "below_threshold", 2, 1, 0, 3.0)
+    >>> summarize([d])["all"].dropped
+    {'below_threshold': 1}
+    """
+    groups: dict[str, list[Decision]] = collections.defaultdict(list)
+    for d in decisions:
+        groups[d.category or "none"].append(d)
+        groups["all"].append(d)
+    return {name: _stats(ds) for name, ds in sorted(groups.items(), key=lambda kv: (kv[0] == "all", kv[0]))}
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def _stats(decisions: list[Decision]) -> CategoryStats:
+    return CategoryStats(
+        prompts=len(decisions),
+        kept=sum(len(d.kept) for d in decisions),
+        candidates=sum(d.candidates for d in decisions),
+        malformed=sum(d.malformed for d in decisions),
+        unscorable=sum(d.unscorable for d in decisions),
+        dropped=dict(collections.Counter(d.reason for d in decisions if d.reason != "kept")),
+        mean_kept_score=_mean([e.score for d in decisions for e in d.kept if e.score is not None]),
+        mean_best_score=_mean([d.best_score for d in decisions if d.best_score is not None]),
+    )
+
+
+def format_report(stats: dict[str, CategoryStats]) -> str:
+    """The filter summary as a Markdown table."""
+    def num(x: float | None) -> str:
+        return "-" if x is None else f"{x:.2f}"
+
+    lines = [
+        "| category | prompts | samples | malformed | unscorable | kept | dropped (reason: prompts) | mean kept score | mean best score |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, s in stats.items():
+        dropped = ", ".join(f"{k}: {v}" for k, v in sorted(s.dropped.items())) or "-"
+        lines.append(
+            f"| {name} | {s.prompts} | {s.candidates} | {s.malformed} | {s.unscorable} | {s.kept} | {dropped} "
+            f"| {num(s.mean_kept_score)} | {num(s.mean_best_score)} |"
+        )
+    return "\n".join(lines)

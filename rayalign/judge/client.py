@@ -1,0 +1,106 @@
+"""The one way callers (filter, RL, eval) reach the judge service.
+
+Two transports behind one interface: HTTP (``POST /v1/judge``) and a Ray
+Serve ``DeploymentHandle``. Both are async and concurrent, retry with
+backoff on overload and lost replicas, and turn a timeout into an
+unscorable verdict, so a training step never hangs on the judge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Sequence
+
+import httpx
+
+from rayalign.errors import RayalignError
+from rayalign.judge.rubric import unscorable
+from rayalign.types import JudgeRequest, Verdict, from_dict, to_dict
+
+RETRY_STATUS = {408, 429, 500, 502, 503, 504}
+
+
+class JudgeRequestError(RayalignError):
+    """A request the service refused for good (401, 422): retrying cannot help."""
+
+
+class _Retryable(Exception):
+    pass
+
+
+class JudgeClient:
+    def __init__(
+        self,
+        *,
+        url: str | None = None,
+        handle=None,
+        token: str = "",
+        timeout_s: float = 120.0,
+        retries: int = 3,
+        backoff_s: float = 0.5,
+        concurrency: int = 64,
+    ):
+        if (url is None) == (handle is None):
+            raise ValueError("give exactly one of url= or handle=")
+        self.url, self.handle, self.token = url, handle, token
+        self.timeout_s, self.retries, self.backoff_s = timeout_s, retries, backoff_s
+        self.concurrency = concurrency
+        self.attempts = 0
+        """Requests sent, retries included (for logs and tests)."""
+
+    async def score(self, requests: Sequence[JudgeRequest]) -> list[Verdict]:
+        """One verdict per request, in order; failures come back unscorable."""
+        gate = asyncio.Semaphore(self.concurrency)
+        limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
+        async with httpx.AsyncClient(timeout=self.timeout_s, limits=limits) as http:
+
+            async def one(request: JudgeRequest) -> Verdict:
+                async with gate:
+                    return await self._with_retries(http, request)
+
+            return list(await asyncio.gather(*(one(r) for r in requests)))
+
+    def score_sync(self, requests: Sequence[JudgeRequest]) -> list[Verdict]:
+        """:meth:`score` for synchronous callers."""
+        return asyncio.run(self.score(requests))
+
+    async def _with_retries(self, http: httpx.AsyncClient, request: JudgeRequest) -> Verdict:
+        last = ""
+        for attempt in range(self.retries + 1):
+            self.attempts += 1
+            try:
+                return await asyncio.wait_for(self._send(http, request), self.timeout_s)
+            except asyncio.TimeoutError:
+                return unscorable(f"judge service timed out after {self.timeout_s:g}s", **_ids(request))
+            except _Retryable as e:
+                last = str(e)
+            await asyncio.sleep(self.backoff_s * 2**attempt * (0.5 + random.random()))
+        return unscorable(f"judge service failed after {self.retries + 1} attempts: {last}", **_ids(request))
+
+    async def _send(self, http: httpx.AsyncClient, request: JudgeRequest) -> Verdict:
+        if self.handle is not None:
+            return await self._send_handle(request)
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        try:
+            response = await http.post(f"{self.url}/v1/judge", json=to_dict(request), headers=headers)
+        except httpx.TransportError as e:
+            raise _Retryable(f"{type(e).__name__}: {e}") from e
+        if response.status_code in RETRY_STATUS:
+            raise _Retryable(f"HTTP {response.status_code}: {response.text[:200]}")
+        if response.status_code != 200:
+            raise JudgeRequestError(f"judge service answered {response.status_code}: {response.text[:500]}")
+        return from_dict(Verdict, response.json())
+
+    async def _send_handle(self, request: JudgeRequest) -> Verdict:
+        from ray.exceptions import RayActorError
+        from ray.serve.exceptions import BackPressureError
+
+        try:
+            return await self.handle.score.remote(request)
+        except (RayActorError, BackPressureError) as e:
+            raise _Retryable(f"{type(e).__name__}: {e}") from e
+
+
+def _ids(request: JudgeRequest) -> dict:
+    return {"spec_hash": "", "template_hash": "", "request_id": request.request_id}

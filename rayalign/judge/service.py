@@ -1,0 +1,240 @@
+"""The judge as a reward service on Ray Serve.
+
+One deployment, ``JudgeService``: a FastAPI ingress (``POST /v1/judge``,
+``GET /v1/stats``, OpenAPI at ``/docs``) over a replica that owns the judge
+backend. Requests, whether over HTTP or a ``DeploymentHandle``, go through
+``@serve.batch``, so concurrent callers share one model call. A late verdict
+comes back *unscorable*, not as a hung request; a full queue answers 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import os
+from dataclasses import dataclass, field
+
+from fastapi import FastAPI, Header, HTTPException
+from ray import serve
+
+from rayalign.judge.backends import FunctionJudge, JudgeBackend, LocalJudge
+from rayalign.judge.rubric import load_templates, unscorable, verdict_schema
+from rayalign.judge.scoring import ScoringPolicy, score_requests
+from rayalign.rollout.engine import EngineConfig
+from rayalign.spec import load_spec
+from rayalign.types import JudgeRequest, Verdict
+
+APP_NAME = "rayalign-judge"
+
+
+@dataclass(frozen=True)
+class JudgeSettings:
+    """What a judge replica needs (crosses into Serve replicas)."""
+
+    spec_path: str
+    backend: str = "local"
+    engine: EngineConfig | None = None
+    openai: object | None = None
+    """OpenAISettings for the openai backend."""
+    function: str = ""
+    policy: ScoringPolicy = field(default_factory=ScoringPolicy)
+    temperature: float = 0.7
+    max_new_tokens: int = 256
+    guided_json: bool = True
+    max_batch_size: int = 8
+    batch_wait_s: float = 0.05
+    timeout_s: float = 120.0
+    auth_token_env: str = ""
+
+    @classmethod
+    def from_config(cls, cfg) -> JudgeSettings:
+        j = cfg.judge
+        engine = EngineConfig(
+            model=j.model or cfg.model.policy,
+            backend=j.engine,
+            dtype=cfg.model.dtype,
+            max_model_len=cfg.model.max_model_len,
+            threads=cfg.model.threads,
+            device="cuda" if j.gpus_per_replica > 0 else "cpu",
+            kv_cache_gib=cfg.rollout.kv_cache_gib,
+            gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
+        )
+        return cls(
+            spec_path=str(os.path.abspath(cfg.spec.path)),
+            backend=j.backend,
+            engine=engine if j.backend == "local" else None,
+            openai=_openai_settings(cfg) if j.backend == "openai" else None,
+            function=j.function,
+            policy=ScoringPolicy(k=j.k, parse_retries=j.parse_retries),
+            temperature=j.temperature,
+            max_new_tokens=j.max_new_tokens,
+            guided_json=j.guided_json,
+            max_batch_size=j.max_batch_size,
+            batch_wait_s=j.batch_wait_s,
+            timeout_s=j.timeout_s,
+            auth_token_env=j.auth_token_env,
+        )
+
+
+def _openai_settings(cfg):
+    from rayalign.judge.openai_backend import OpenAISettings
+
+    j = cfg.judge
+    return OpenAISettings(
+        base_url=j.base_url,
+        model=j.api_model or j.model,
+        api_key=os.environ.get(j.api_key_env, ""),
+        timeout_s=j.timeout_s,
+        max_concurrency=j.max_concurrency,
+        temperature=j.temperature,
+        max_tokens=j.max_new_tokens,
+    )
+
+
+def build_judge_backend(settings: JudgeSettings, spec) -> JudgeBackend:
+    if settings.backend == "function":
+        return FunctionJudge(settings.function)
+    if settings.backend == "openai":
+        from rayalign.judge.openai_backend import OpenAIJudge
+
+        return OpenAIJudge(settings.openai)
+    import json
+
+    return LocalJudge(
+        settings.engine,
+        max_new_tokens=settings.max_new_tokens,
+        temperature=settings.temperature,
+        json_schema=json.dumps(verdict_schema(spec)) if settings.guided_json else "",
+    )
+
+
+@dataclass(frozen=True)
+class JudgeStats:
+    """What a replica has done (``GET /v1/stats``)."""
+
+    requests: int
+    unscorable: int
+    timeouts: int
+    batch_sizes: dict[int, int]
+    """Batch size -> how many batches of that size were scored."""
+    pid: int
+
+
+app = FastAPI(title="rayalign judge", description="Spec-aware judge: scores an answer against the safety spec.")
+
+
+@serve.deployment
+@serve.ingress(app)
+class JudgeService:
+    def __init__(self, settings: JudgeSettings):
+        self.settings = settings
+        self.spec = load_spec(settings.spec_path)
+        self.templates = load_templates(settings.spec_path)
+        self.backend = build_judge_backend(settings, self.spec)
+        self.token = os.environ.get(settings.auth_token_env, "") if settings.auth_token_env else ""
+        self.score_batch.set_max_batch_size(settings.max_batch_size)
+        self.score_batch.set_batch_wait_timeout_s(settings.batch_wait_s)
+        self.batch_sizes: collections.Counter[int] = collections.Counter()
+        self.counts = collections.Counter()
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
+    async def score_batch(self, requests: list[JudgeRequest]) -> list[Verdict]:
+        self.batch_sizes[len(requests)] += 1
+        try:
+            return await score_requests(self.backend, self.spec, self.templates, requests, self.settings.policy)
+        except Exception as e:  # noqa: BLE001 - a backend failure is unscorable, never a crash of the caller
+            return [self._unscorable(f"judge backend failed: {type(e).__name__}: {e}", r) for r in requests]
+
+    async def score(self, request: JudgeRequest) -> Verdict:
+        """Score one request (handle callers); the batcher groups concurrent calls."""
+        self.counts["requests"] += 1
+        try:
+            verdict = await asyncio.wait_for(self.score_batch(request), self.settings.timeout_s)
+        except asyncio.TimeoutError:
+            self.counts["timeouts"] += 1
+            verdict = self._unscorable(f"judge timed out after {self.settings.timeout_s:g}s", request)
+        self.counts["unscorable"] += verdict.status != "ok"
+        return verdict
+
+    def _unscorable(self, reason: str, request: JudgeRequest) -> Verdict:
+        return unscorable(
+            reason, spec_hash=self.spec.hash, template_hash=self.templates.hash, request_id=request.request_id
+        )
+
+    @app.post("/v1/judge", response_model=Verdict)
+    async def judge(self, request: JudgeRequest, authorization: str | None = Header(default=None)) -> Verdict:
+        self._check_auth(authorization)
+        category = request.prompt.category
+        if category is not None and category not in self.spec.category_ids:
+            raise HTTPException(
+                422, detail=[{"loc": ["body", "prompt", "category"], "msg": f"unknown category {category!r}; the spec has: {', '.join(self.spec.category_ids)}"}]
+            )
+        if not request.prompt.messages or request.prompt.messages[-1].role != "user":
+            raise HTTPException(422, detail=[{"loc": ["body", "prompt", "messages"], "msg": "must end on a user turn"}])
+        return await self.score(request)
+
+    @app.get("/v1/stats", response_model=JudgeStats)
+    def stats(self) -> JudgeStats:
+        return JudgeStats(
+            requests=self.counts["requests"],
+            unscorable=self.counts["unscorable"],
+            timeouts=self.counts["timeouts"],
+            batch_sizes=dict(self.batch_sizes),
+            pid=os.getpid(),
+        )
+
+    def _check_auth(self, authorization: str | None) -> None:
+        if self.token and authorization != f"Bearer {self.token}":
+            raise HTTPException(401, detail="missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+
+def judge_app(cfg, settings: JudgeSettings | None = None):
+    """The Serve application for a config: replicas, autoscaling, resources from ``cfg.judge``."""
+    j = cfg.judge
+    settings = settings or JudgeSettings.from_config(cfg)
+    actor_options = {"num_cpus": j.cpus_per_replica, "num_gpus": j.gpus_per_replica}
+    if j.resource:
+        actor_options["resources"] = {j.resource: 1}
+    env = {k: v for k, v in os.environ.items() if k == j.auth_token_env or k == j.api_key_env}
+    if settings.engine is not None:
+        from rayalign.rollout.vllm_backend import engine_env
+
+        env.update(engine_env(settings.engine))
+    actor_options["runtime_env"] = {"env_vars": env}
+    scaling = (
+        {"autoscaling_config": {"min_replicas": j.replicas, "max_replicas": j.max_replicas, "target_ongoing_requests": j.max_batch_size}}
+        if j.max_replicas > j.replicas
+        else {"num_replicas": j.replicas}
+    )
+    return JudgeService.options(
+        ray_actor_options=actor_options,
+        max_ongoing_requests=2 * j.max_batch_size,  # lets a batch fill while the last one runs
+        max_queued_requests=j.max_queued_requests,
+        **scaling,
+    ).bind(settings)
+
+
+@dataclass(frozen=True)
+class JudgeEndpoint:
+    url: str
+    """Base URL of the HTTP API, e.g. http://127.0.0.1:8000."""
+    handle: object
+    """DeploymentHandle of the JudgeService."""
+
+
+def start_judge(cfg, settings: JudgeSettings | None = None, *, port: int | None = None) -> JudgeEndpoint:
+    """Deploy the judge on the running Ray cluster; returns its URL and handle."""
+    port = cfg.judge.port if port is None else port
+    if port == 0:
+        port = free_port()
+    serve.start(http_options={"host": cfg.judge.host, "port": port}, logging_config={"enable_access_log": False})
+    handle = serve.run(judge_app(cfg, settings), name=APP_NAME, route_prefix="/")
+    return JudgeEndpoint(url=f"http://{cfg.judge.host}:{port}", handle=handle)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -1,0 +1,55 @@
+"""Stage 1 end to end through the CLI: real Ray, vLLM samplers, the Serve judge."""
+
+import json
+import subprocess
+import sys
+
+from rayalign.types import SFTExample, from_json
+
+OVERRIDES = [
+    "--model.policy=builtin:tiny",
+    "--model.max_model_len=16384",
+    "--data.max_prompts=12",
+    "--data.shard_size=4",
+    "--rollout.n=2",
+    "--rollout.max_new_tokens=96",
+    "--rollout.enforce_format=true",
+    "--judge.backend=function",
+    "--judge.function=rayalign.testing:length_judge",
+    "--judge.k=2",
+    "--filter.min_score=1.0",
+]
+
+
+def _generate(repo, run_dir, *extra, timeout=600):
+    cmd = [sys.executable, "-m", "rayalign.cli", "generate", "configs/quickstart.yaml", *OVERRIDES, f"--tracking.run_dir={run_dir}", *extra]
+    return subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=timeout)
+
+
+def test_generate_writes_filtered_sft_data_without_the_spec(repo, tiny_model, tmp_path):
+    run_dir = tmp_path / "run"
+    result = _generate(repo, run_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    stage = run_dir / "stage1"
+    examples = [from_json(SFTExample, line) for line in (stage / "sft.jsonl").read_text().splitlines()]
+    assert examples, result.stdout
+    for e in examples:
+        text = json.dumps([m.content for m in e.prompt.messages])
+        assert "## Categories (summaries)" not in text and "[style.R1]" not in text  # no spec in training prompts
+        assert all(m.role != "system" for m in e.prompt.messages)
+        assert e.spec_hash.startswith("sha256:") and e.template_hash.startswith("sha256:")
+        assert e.generation_template_hash and e.score >= 1.0 and e.reasoning and e.answer
+    shards = sorted((stage / "shards").glob("shard-*.jsonl"))
+    assert len(shards) == 3
+    decisions = [json.loads(line) for s in shards for line in s.read_text().splitlines()]
+    assert len(decisions) == 12 == len({d["prompt_id"] for d in decisions})  # each prompt exactly once
+    assert "| all |" in (stage / "filter_report.md").read_text()
+    assert "filter summary" in result.stdout
+
+    # Resume: a lost shard is redone alone; nothing is lost or repeated.
+    shards[1].unlink()
+    again = _generate(repo, run_dir)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "2 already done" in again.stdout
+    redone = [json.loads(line) for s in sorted((stage / "shards").glob("shard-*.jsonl")) for line in s.read_text().splitlines()]
+    assert sorted(d["prompt_id"] for d in redone) == sorted(d["prompt_id"] for d in decisions)
