@@ -34,12 +34,12 @@ class LocalJudge:
     """A judge model in this process, batched through a rollout engine."""
 
     def __init__(
-        self, engine: EngineConfig, *, max_new_tokens: int, temperature: float, json_schema: str = "", seed: int = 0
+        self, engine: EngineConfig, *, max_new_tokens: int, temperature: float, regex: str = "", seed: int = 0
     ):
         self.engine = build_backend(engine)
         self.tokenizer = load_tokenizer(engine.model)
         self.max_new_tokens, self.temperature, self.seed = max_new_tokens, temperature, seed
-        self.json_schema = json_schema if engine.backend == "vllm" else ""  # transformers cannot constrain
+        self.regex = regex if engine.backend == "vllm" else ""  # transformers cannot constrain
         self.calls = 0
 
     async def complete(self, conversations, n, requests) -> list[list[str]]:
@@ -55,7 +55,7 @@ class LocalJudge:
             temperature=self.temperature,
             max_new_tokens=self.max_new_tokens,
             seed=self.seed + self.calls,
-            json_schema=self.json_schema,
+            regex=self.regex,
         )
         seeds = [prompt_seed(settings.seed, str(i)) for i in range(len(conversations))]
         samples = self.engine.generate(token_ids, settings, seeds)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -76,6 +77,27 @@ VERDICT_SCHEMA: dict[str, Any] = {
     "additionalProperties": False,
 }
 """The verdict as a JSON schema, for engines that can constrain decoding to it."""
+
+
+def verdict_regex(spec: Spec, max_explanation: int = 120) -> str:
+    r"""The verdict as one compact JSON line, as a regular expression.
+
+    For constrained decoding of a local judge: unlike a JSON schema it leaves no
+    room for whitespace, on which a weak model can spend its whole token budget,
+    and ``rules`` can only name the spec's own ids. Scores are 0-10 with at most
+    one decimal; the explanation is printable ASCII without quotes or backslashes.
+    """
+    ids = "|".join(re.escape(i) for i in sorted(spec.rule_ids()))
+    rule = f'"(?:{ids})"'
+    number = r"(?:10|[0-9](?:\.[0-9])?)"
+    boolean = "(?:true|false)"
+    behavior = "|".join(BEHAVIORS)
+    return (
+        rf'\{{"rules":\[(?:{rule}(?:,{rule}){{0,5}})?\],"behavior":"(?:{behavior})",'
+        rf'"compliant":{boolean},"style_ok":{boolean},"helpfulness":{number},'
+        rf'"agrees_with_hint":(?:true|false|null),"score":{number},'
+        rf'"explanation":"[ !#-\[\]-~]{{0,{max_explanation}}}"\}}'
+    )
 
 
 def verdict_schema(spec: Spec) -> dict[str, Any]:

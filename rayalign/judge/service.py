@@ -18,7 +18,7 @@ from fastapi import FastAPI, Header, HTTPException
 from ray import serve
 
 from rayalign.judge.backends import FunctionJudge, JudgeBackend, LocalJudge
-from rayalign.judge.rubric import load_templates, unscorable, verdict_schema
+from rayalign.judge.rubric import load_templates, unscorable, verdict_regex
 from rayalign.judge.scoring import ScoringPolicy, score_requests
 from rayalign.rollout.engine import EngineConfig
 from rayalign.spec import load_spec
@@ -98,13 +98,11 @@ def build_judge_backend(settings: JudgeSettings, spec) -> JudgeBackend:
         from rayalign.judge.openai_backend import OpenAIJudge
 
         return OpenAIJudge(settings.openai)
-    import json
-
     return LocalJudge(
         settings.engine,
         max_new_tokens=settings.max_new_tokens,
         temperature=settings.temperature,
-        json_schema=json.dumps(verdict_schema(spec)) if settings.guided_json else "",
+        regex=verdict_regex(spec) if settings.guided_json else "",
     )
 
 
