@@ -182,6 +182,17 @@ def _cmd_judge_eval(args) -> int:
     return 0
 
 
+def _cmd_cluster_check(args) -> int:
+    from rayalign.clusterfile import capacity, check_config_fits, validate_cluster_file
+    from rayalign.config import load_config
+
+    validate_cluster_file(args.file)
+    cap = check_config_fits(load_config(args.config), args.file) if args.config else capacity(args.file)
+    resources = ", ".join(f"{k}: {v:g}" for k, v in sorted(cap.resources.items())) or "none"
+    print(f"ok: {args.file} offers at most {cap.cpus:g} CPUs, {cap.gpus:g} GPUs, custom resources: {resources}")
+    return 0
+
+
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="YAML config file, e.g. configs/quickstart.yaml")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. --rl.lr=1e-6")
@@ -249,6 +260,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=0, help="score only the first N examples")
     p.add_argument("overrides", nargs="*", help=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_judge_eval)
+
+    cluster = sub.add_parser("cluster", help="check cluster files offline").add_subparsers(dest="action", required=True)
+    p = cluster.add_parser("check", help="validate a launcher YAML or KubeRay manifest; with --config, check the config fits it")
+    p.add_argument("file")
+    p.add_argument("--config", help="a rayalign config whose resource plan must fit the cluster")
+    p.set_defaults(func=_cmd_cluster_check)
 
     p = sub.add_parser("chat", help="answer one chat message with a model on this machine (greedy)")
     p.add_argument("message")

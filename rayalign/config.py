@@ -225,6 +225,14 @@ class RLConfig:
     """Completions per prompt (the GRPO group)."""
     advantage: Literal["grpo", "rloo"] = "grpo"
     """Group-relative advantage estimator."""
+    malformed_penalty: float = -1.0
+    """Reward of a malformed completion (not judged)."""
+    length_coef: float = bounded(0.0, ge=0.0)
+    """Reward -= length_coef * completion_tokens / max_new_tokens."""
+    reward_scale: float = bounded(0.1, gt=0.0)
+    """Judge score (0-10) -> reward score * reward_scale."""
+    loss_aggregate: Literal["seq_mean", "token_mean"] = "seq_mean"
+    """Per-sequence token mean then mean over sequences (GRPO), or one mean over all tokens (DAPO)."""
     lr: float = bounded(1e-6, gt=0.0)
     """Learning rate."""
     kl_coef: float = bounded(0.05, ge=0.0)

@@ -46,6 +46,8 @@ class Decision:
     malformed: int
     unscorable: int
     best_score: float | None
+    notes: tuple[str, ...] = ()
+    """Distinct reasons the judge gave for unscorable verdicts (first 200 characters)."""
 
 
 def select(
@@ -83,6 +85,7 @@ def select(
         malformed=len(malformed),
         unscorable=unscorable,
         best_score=ranked[0].verdict.score if ranked else None,
+        notes=tuple(sorted({c.verdict.explanation[:200] for c in judged if c.verdict.status != "ok"})),
     )
 
 
@@ -143,6 +146,12 @@ def _stats(decisions: list[Decision]) -> CategoryStats:
         mean_kept_score=_mean([e.score for d in decisions for e in d.kept if e.score is not None]),
         mean_best_score=_mean([d.best_score for d in decisions if d.best_score is not None]),
     )
+
+
+def unscorable_reasons(decisions: Sequence[Decision], top: int = 3) -> list[tuple[str, int]]:
+    """The most frequent reasons for unscorable verdicts, with counts."""
+    counts = collections.Counter(note for d in decisions for note in d.notes)
+    return counts.most_common(top)
 
 
 def format_report(stats: dict[str, CategoryStats]) -> str:

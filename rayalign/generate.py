@@ -250,6 +250,9 @@ def _collect(cfg, n_shards, skipped, n_prompts, start, log) -> GenerateResult:
     path = stage_dir(cfg) / "sft.jsonl"
     write_atomic(path, [to_json(e) for e in [*examples, *mix]])
     report = sample_filter.format_report(sample_filter.summarize(decisions))
+    reasons = sample_filter.unscorable_reasons(decisions)
+    if reasons:
+        report += "\n\nMost frequent unscorable reasons:\n" + "\n".join(f"- ({n}x) {r}" for r, n in reasons)
     (stage_dir(cfg) / "filter_report.md").write_text(report + "\n", encoding="utf-8")
     log("[generate] filter summary:\n" + report)
     log(f"[generate] {len(examples)} examples (+{len(mix)} mix-in) -> {path}")

@@ -69,3 +69,9 @@ def test_chat_with_the_real_small_model(repo):
     result = rayalign("chat", "Name a primary colour.", "--max-new-tokens", "16", cwd=repo)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip()
+
+
+def test_cluster_check_validates_and_fits_the_gpu_config(repo):
+    result = rayalign("cluster", "check", "cluster/aws.yaml", "--config", "configs/gpu-8x-h100.yaml", cwd=repo)
+    assert result.returncode == 0, result.stderr
+    assert "judge: 2, learner: 8, rollout: 2" in result.stdout

@@ -1,0 +1,9 @@
+"""Stage 2, RL: the policy samples, the judge scores the final answer (reasoning
+hidden), and the policy is updated with group-relative policy gradients.
+
+Pure tensor math, importable without Ray or transformers:
+
+- :mod:`rayalign.rl.reward`: judge verdict -> scalar reward (unscorable -> None).
+- :mod:`rayalign.rl.advantage`: rewards of a prompt's group -> advantages (GRPO, RLOO).
+- :mod:`rayalign.rl.loss`: PPO-style clipped policy loss with a k3 KL penalty.
+"""
