@@ -98,6 +98,45 @@ def _cmd_generate(args) -> int:
     return 0
 
 
+def _cmd_sft(args) -> int:
+    from rayalign.config import load_config
+    from rayalign.generate import stage_dir
+    from rayalign.sft.train import run_sft
+
+    cfg = load_config(args.config, args.overrides)
+    data = args.data or str(stage_dir(cfg) / "sft.jsonl")
+    if not Path(data).exists():
+        raise RayalignError(f"no SFT data at {data}: run `rayalign generate {args.config}` first, or pass --data")
+    start = time.perf_counter()
+    result = run_sft(cfg, data, Path(cfg.tracking.run_dir) / "sft", resume=not args.restart)
+    print(
+        f"SFT done in {time.perf_counter() - start:.0f}s: steps {result.start_step}->{result.steps}, "
+        f"final loss {result.final_loss:.4f}, {result.tokens_per_s:.0f} tok/s -> {result.model_dir}"
+    )
+    return 0
+
+
+def _cmd_eval(args) -> int:
+    from rayalign.config import load_config, to_dict
+    from rayalign.eval.run import add_spec_in_context, parse_checkpoints, run_eval
+    from rayalign.tracking import start_tracking
+
+    cfg = load_config(args.config, args.overrides)
+    targets = parse_checkpoints(args.checkpoints or f"base={cfg.model.policy}")
+    targets = add_spec_in_context(targets, [n.strip() for n in args.spec_in_context.split(",") if n.strip()])
+    out_dir = Path(args.out) if args.out else Path(cfg.tracking.run_dir) / "eval"
+    tracker = start_tracking(cfg.tracking, "eval", to_dict(cfg), run_dir=out_dir)
+    try:
+        result = run_eval(
+            cfg, targets, args.benchmark or list(cfg.eval.benchmarks), out_dir,
+            limit=args.limit, enforce_format=args.enforce_format, tracker=tracker,
+        )
+    finally:
+        tracker.finish()
+    print(f"eval done in {result.seconds:.0f}s: {len(result.targets)} targets x {result.prompts} prompts -> {result.report_path}")
+    return 0
+
+
 def _judge_config(args):
     from rayalign.config import load_config
 
@@ -234,6 +273,29 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="stage 1: spec-conditioned samples, judge filtering, SFT data (resumable)")
     _add_config_args(p)
     p.set_defaults(func=_cmd_generate)
+
+    p = sub.add_parser("sft", help="stage 1 training: fine-tune on the filtered data (Ray Train, DeepSpeed or DDP; resumes)")
+    _add_config_args(p)
+    p.add_argument("--data", help="SFT JSONL (default: <run_dir>/stage1/sft.jsonl)")
+    p.add_argument("--restart", action="store_true", help="ignore earlier checkpoints and start over")
+    p.set_defaults(func=_cmd_sft)
+
+    p = sub.add_parser("eval", help="answer benchmarks with several checkpoints; judge, score, report with CIs and plots")
+    _add_config_args(p)
+    p.add_argument(
+        "--checkpoints",
+        help="name=source,... e.g. base=builtin:smollm2-135m-instruct,sft=runs/x/sft/model; "
+        "name+spec adds that target with spec(category) in its prompt (default: base=<model.policy>)",
+    )
+    p.add_argument(
+        "--spec-in-context", default="", metavar="NAMES",
+        help="comma-separated targets to also evaluate with spec(category) in the prompt (the no-training baseline)",
+    )
+    p.add_argument("--benchmark", action="append", default=[], help="name:path, repeatable (default: eval.benchmarks)")
+    p.add_argument("--limit", type=int, default=0, help="at most N prompts per benchmark, round-robin over categories")
+    p.add_argument("--out", help="output directory (default: <tracking.run_dir>/eval)")
+    p.add_argument("--enforce-format", action="store_true", help="constrain decoding to the <think> format")
+    p.set_defaults(func=_cmd_eval)
 
     judge = sub.add_parser("judge", help="the spec-aware judge service").add_subparsers(dest="action", required=True)
     p = judge.add_parser("serve", help="run the judge on Ray Serve: POST /v1/judge")

@@ -141,6 +141,18 @@ def _load_documents(path: str | Path) -> list[Any]:
 # ------------------------------------------------------------ launcher YAMLs
 
 
+def _prepare(raw: dict) -> dict:
+    """Ray's prepare_config, except for a fake_multinode file, used as written.
+
+    Ray 2.60's wheel lacks fake_multi_node/example.yaml, the defaults that
+    prepare_config merges, so such a file must be complete (the autoscaler
+    reads it raw).
+    """
+    if raw.get("provider", {}).get("type") == "fake_multinode":
+        return raw
+    return prepare_config(raw)
+
+
 def validate_launcher_yaml(path: str | Path) -> dict:
     """Check a Ray cluster-launcher YAML with Ray's own schema, offline.
 
@@ -160,7 +172,7 @@ def _validate_launcher(raw: Any, file: str) -> dict:
         raise _at("missing; set it to aws, gcp, ...", file, raw, ["provider", "type"])
     try:
         # Only merges Ray's bundled provider defaults: no cloud call, no boto3.
-        prepared = prepare_config(_plain(raw))
+        prepared = _prepare(_plain(raw))
         validate_config(prepared)
     except jsonschema.ValidationError as e:
         raise _schema_error(e, raw, file) from None

@@ -1,0 +1,155 @@
+"""The SFT driver: examples -> rows (checked here, before Ray starts) -> Ray
+Train workers -> a Hugging Face model in ``<output_dir>/model``.
+
+    result = run_sft(cfg, "runs/quickstart/sft.jsonl", "runs/quickstart/sft")
+    result.model_dir  # loadable with rayalign.models.load_model(str(result.model_dir))
+
+``<output_dir>/checkpoints/sft/`` is Ray Train's run folder. Running again
+with ``resume=True`` (the default) continues from its latest checkpoint at
+the same step and data position, even after the driver process was killed;
+raising ``sft.max_steps`` on resume stretches the cosine schedule over the new
+total. ``resume=False`` deletes those checkpoints and starts over.
+For a multi-node cluster, ``output_dir`` must be on storage every node sees.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray
+from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from rayalign.cluster import check_resource_plan, init_ray
+from rayalign.config import Config
+from rayalign.errors import ConfigError
+from rayalign.models import load_tokenizer, resolve_model
+from rayalign.sft.data import (
+    SFTDataError,
+    build_rows,
+    read_sft_examples,
+    rows_fingerprint,
+    steps_per_epoch,
+)
+from rayalign.sft.loop import SFTJob, train_loop
+
+log = logging.getLogger(__name__)
+
+RUN_NAME = "sft"
+
+
+@dataclass(frozen=True)
+class SFTResult:
+    """What one ``run_sft`` call did."""
+
+    steps: int
+    """Optimizer steps done in total (including those before a resume)."""
+    start_step: int
+    """Step this call started from (0, or the resumed checkpoint's step)."""
+    final_loss: float
+    losses: tuple[float, ...]
+    """Loss of each step this call trained (steps start_step+1 .. steps)."""
+    tokens_per_s: float
+    """Non-padding tokens per second of training, all workers together (checkpoints excluded)."""
+    checkpoint: Path
+    """The latest checkpoint folder."""
+    model_dir: Path
+    """The final model in Hugging Face format."""
+
+
+def _check_config(cfg: Config) -> None:
+    s = cfg.sft
+    if s.lora_rank > 0 and s.strategy == "deepspeed" and s.zero_stage == 3:
+        raise ConfigError("LoRA with ZeRO-3 is not supported; use sft.zero_stage <= 2 or sft.lora_rank=0",
+                          field="sft.lora_rank")
+    if s.gpus_per_worker > 1:
+        raise ConfigError("one GPU per worker at most; add workers instead", field="sft.gpus_per_worker")
+
+
+def _scaling(cfg: Config) -> ScalingConfig:
+    s = cfg.sft
+    resources = {"CPU": s.cpus_per_worker}
+    if s.gpus_per_worker > 0:
+        resources["GPU"] = s.gpus_per_worker
+    if s.resource:
+        resources[s.resource] = 1
+    return ScalingConfig(num_workers=s.num_workers, use_gpu=s.gpus_per_worker > 0, resources_per_worker=resources)
+
+
+def _total_steps(cfg: Config, num_rows: int) -> tuple[int, int]:
+    s = cfg.sft
+    per_epoch = steps_per_epoch(num_rows, s.num_workers * s.micro_batch_size * s.grad_accum)
+    return (s.max_steps or per_epoch * s.epochs), per_epoch
+
+
+def prepare_job(cfg: Config, examples_path: str | Path, run_dir: Path) -> SFTJob:
+    """Read, tokenize and pack the examples on the driver, so bad data fails before Ray Train starts."""
+    model_path = resolve_model(cfg.model.policy)
+    tokenizer = load_tokenizer(str(model_path))
+    rows, stats = build_rows(tokenizer, read_sft_examples(examples_path), cfg.sft.max_seq_len, cfg.sft.packing)
+    if not rows:
+        raise SFTDataError("no example left to train on", file=str(examples_path))
+    if stats.truncated or stats.dropped:
+        log.warning("sft: %d examples cut to sft.max_seq_len=%d, %d dropped (prompt alone too long)",
+                    stats.truncated, cfg.sft.max_seq_len, stats.dropped)
+    total, per_epoch = _total_steps(cfg, len(rows))
+    return SFTJob(
+        cfg=cfg, model_path=str(Path(model_path).resolve()), rows=ray.put(rows), num_rows=len(rows),
+        fingerprint=rows_fingerprint(rows), total_steps=total, steps_per_epoch=per_epoch,
+        pad_id=tokenizer.pad_token_id, run_dir=str(run_dir.resolve()), use_gpu=cfg.sft.gpus_per_worker > 0,
+        data=stats,
+    )
+
+
+def run_sft(cfg: Config, examples_path: str | Path, output_dir: str | Path, *, resume: bool = True) -> SFTResult:
+    """Fine-tune ``cfg.model.policy`` on an SFT example JSONL with Ray Train.
+
+    Per-step metrics (``sft/loss``, ``sft/lr``, ``sft/grad_norm``,
+    ``sft/tokens_per_s``, ``timing/step``) go to the tracker in
+    ``cfg.tracking.run_dir``; the final model to ``<output_dir>/model``.
+    A call that finds training already complete trains nothing and returns
+    the result of the call that completed it.
+    """
+    _check_config(cfg)
+    check_resource_plan(cfg)  # a worker that cannot be placed would wait forever
+    output_dir = Path(output_dir).resolve()
+    storage = output_dir / "checkpoints"
+    if not resume:
+        shutil.rmtree(storage, ignore_errors=True)
+    init_ray(cfg.cluster)
+    job = prepare_job(cfg, examples_path, Path(cfg.tracking.run_dir))
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={"job": job},
+        scaling_config=_scaling(cfg),
+        torch_config=TorchConfig(backend="nccl" if job.use_gpu else "gloo"),
+        run_config=RunConfig(
+            name=RUN_NAME,
+            storage_path=str(storage),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None or not result.metrics:
+        raise RuntimeError(f"SFT finished without a checkpoint in {storage}")
+    model_dir = _publish_model(result.checkpoint, output_dir / "model")
+    m = result.metrics
+    return SFTResult(
+        steps=int(m["step"]), start_step=int(m["start_step"]), final_loss=float(m["loss"]), losses=tuple(m["losses"]),
+        tokens_per_s=float(m["tokens_per_s"]), checkpoint=Path(result.checkpoint.path), model_dir=model_dir,
+    )
+
+
+def _publish_model(checkpoint, destination: Path) -> Path:
+    """Copy the checkpoint's HF model to ``destination``, replacing an older one."""
+    with checkpoint.as_directory() as tmp:
+        source = Path(tmp) / "model"
+        staging = destination.with_name(destination.name + ".tmp")
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(source, staging)
+    shutil.rmtree(destination, ignore_errors=True)
+    staging.rename(destination)
+    return destination

@@ -1,0 +1,130 @@
+"""SFT on a real local Ray (2 CPUs, 2 Ray Train workers, gloo) with the tiny model.
+
+Three Ray Train runs (~20-40 s each to start): DeepSpeed ZeRO-2 for 20 steps,
+the same steps under DDP with gradient accumulation, and a resume of the
+first run to 24 steps.
+"""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from rayalign.config import load_config
+from rayalign.models import load_model, load_tokenizer
+from rayalign.sft.data import build_rows, collate, loss_sum, read_sft_examples, step_rows
+from rayalign.sft.train import run_sft
+from rayalign.types import Message, Prompt, SFTExample, to_json
+
+QUESTIONS = ["How do I kill a Python process?", "Can you help me?", "Is this allowed under the policy?"]
+ANSWERS = ["Run kill with its process id.", "I'm sorry, but I can't help with that.", "Here is how you can do it safely."]
+
+
+@pytest.fixture(scope="module")
+def examples_path(tmp_path_factory):
+    """12 examples of varied lengths, so steps differ in tokens."""
+    path = tmp_path_factory.mktemp("data") / "sft.jsonl"
+    examples = [
+        SFTExample(
+            prompt=Prompt(id=f"p{i}", messages=(Message("user", QUESTIONS[i % 3] + " please" * (i % 4)),)),
+            reasoning="Reasoning: the request is allowed under rule A1." * (1 + i % 2),
+            answer=ANSWERS[i % 3] * (1 + i % 3),
+        )
+        for i in range(12)
+    ]
+    path.write_text("".join(to_json(e) + "\n" for e in examples))
+    return path
+
+
+def _cfg(run_dir, *overrides):
+    return load_config(None, [
+        "--model.policy=builtin:tiny", "--sft.lr=1e-3", "--sft.max_seq_len=96", "--sft.num_workers=2",
+        "--sft.micro_batch_size=2", "--sft.grad_accum=1", "--sft.strategy=deepspeed", "--sft.zero_stage=2",
+        f"--tracking.run_dir={run_dir}", "--tracking.wandb_mode=disabled", *overrides,
+    ])
+
+
+def _step_lines(run_dir):
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [x for x in lines if "sft/loss" in x]
+
+
+@pytest.fixture(scope="module")
+def zero2_run(ray_cluster, tiny_model, examples_path, tmp_path_factory):
+    out = tmp_path_factory.mktemp("zero2")
+    cfg = _cfg(out, "--sft.max_steps=20", "--sft.checkpoint_every=5")
+    return cfg, out, run_sft(cfg, examples_path, out / "sft", resume=False)
+
+
+def test_zero2_on_two_workers_lowers_the_loss(zero2_run):
+    _, out, result = zero2_run
+    assert (result.start_step, result.steps, len(result.losses)) == (0, 20, 20)
+    assert sum(result.losses[-3:]) / 3 < 0.6 * result.losses[0]
+    lines = _step_lines(out)
+    assert [x["step"] for x in lines] == list(range(1, 21))
+    assert [x["sft/loss"] for x in lines] == pytest.approx(list(result.losses))
+    assert all(x["sft/tokens_per_s"] > 0 and x["timing/step"] > 0 and x["sft/grad_norm"] > 0 for x in lines)
+    assert lines[0]["sft/lr"] == pytest.approx(1e-3) and lines[-1]["sft/lr"] < 1e-4  # cosine decay
+    # Checkpoints every 5 steps, the last two kept, each a merged folder of all ranks' parts.
+    kept = sorted(p.name for p in (out / "sft" / "checkpoints" / "sft").glob("step-*"))
+    assert kept == ["step-000015", "step-000020"]
+    last = out / "sft" / "checkpoints" / "sft" / "step-000020"
+    assert {"rng_rank0.pt", "rng_rank1.pt", "state.json"} <= {p.name for p in last.iterdir()}
+    assert len(list((last / "deepspeed" / "state").glob("*optim_states.pt"))) == 2  # one ZeRO shard per rank
+    assert (result.model_dir / "config.json").exists() and (result.model_dir / "tokenizer.json").exists()
+
+
+def test_ddp_with_gradient_accumulation_matches_zero2(ray_cluster, examples_path, zero2_run, tmp_path):
+    """Same rows per step (1 x 2 micro-batches instead of 2 x 1): same token-mean loss, same updates."""
+    _, zero2_dir, zero2 = zero2_run
+    cfg = _cfg(tmp_path, "--sft.strategy=ddp", "--sft.micro_batch_size=1", "--sft.grad_accum=2",
+               "--sft.max_steps=20", "--sft.checkpoint_every=20")
+    result = run_sft(cfg, examples_path, tmp_path / "sft", resume=False)
+    assert result.steps == 20
+    assert list(result.losses) == pytest.approx(list(zero2.losses), rel=1e-4)
+    norms = [x["sft/grad_norm"] for x in _step_lines(tmp_path)]
+    assert norms == pytest.approx([x["sft/grad_norm"] for x in _step_lines(zero2_dir)], rel=1e-3)
+
+
+def _tokens_per_step(cfg, examples_path, steps):
+    rows, _ = build_rows(load_tokenizer(cfg.model.policy), read_sft_examples(examples_path),
+                         cfg.sft.max_seq_len, cfg.sft.packing)
+    s = cfg.sft
+    return [
+        sum(len(rows[i]) for rank in range(s.num_workers)
+            for mb in step_rows(len(rows), step, world_size=s.num_workers, rank=rank,
+                                micro_batch_size=s.micro_batch_size, grad_accum=s.grad_accum, seed=cfg.data.seed)
+            for i in mb)
+        for step in range(steps)
+    ]
+
+
+def _mean_loss(model, cfg, examples_path):
+    rows, _ = build_rows(load_tokenizer(cfg.model.policy), read_sft_examples(examples_path), 96, True)
+    batch = collate(rows, pad_id=0)
+    with torch.no_grad():
+        logits = model(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False).logits
+    total, count = loss_sum(logits, batch.labels)
+    return float(total) / count
+
+
+def test_resume_continues_at_the_saved_step_and_data_position(zero2_run, examples_path):
+    cfg, out, first = zero2_run
+    more = dataclasses.replace(cfg, sft=dataclasses.replace(cfg.sft, max_steps=24))
+    result = run_sft(more, examples_path, out / "sft", resume=True)
+    assert (result.start_step, result.steps, len(result.losses)) == (20, 24, 4)
+    lines = _step_lines(out)
+    assert [x["step"] for x in lines] == list(range(1, 25))  # appended: 21..24, nothing re-run
+    # Tokens trained at steps 21-24 are those of data positions 21-24, not 1-4.
+    seen = [0] + [x["sft/tokens_seen"] for x in lines]
+    got = [b - a for a, b in zip(seen, seen[1:])]
+    expected = _tokens_per_step(more, examples_path, 24)
+    assert expected[20:] != expected[:4]
+    assert got == expected
+    # Weights and optimizer came back: the loss goes on from where it was.
+    assert result.losses[0] < 0.7 * first.losses[0]
+    assert result.losses[0] == pytest.approx(first.losses[-1], rel=0.25)
+    trained, _ = load_model(str(result.model_dir), dtype="float32")
+    base, _ = load_model(cfg.model.policy, dtype="float32")
+    assert _mean_loss(trained, cfg, examples_path) < 0.7 * _mean_loss(base, cfg, examples_path)
