@@ -199,8 +199,8 @@ def test_rayjob_runs_the_raycluster_spec_and_cleans_up():
     job = yaml.safe_load((REPO / "cluster/kuberay/rayjob.yaml").read_text())
     assert job["spec"]["rayClusterSpec"] == cluster["spec"]
     assert job["spec"]["shutdownAfterJobFinishes"] is True
-    assert job["spec"]["entrypoint"] == "rayalign rl --config configs/gpu-8x-h100.yaml"
-    assert (REPO / job["spec"]["entrypoint"].split("--config ")[1]).is_file()
+    assert job["spec"]["entrypoint"] == "rayalign generate configs/gpu-8x-h100.yaml --cluster.address=auto"
+    assert (REPO / job["spec"]["entrypoint"].split()[2]).is_file()
 
 
 def test_capacity_by_hand_aws():
