@@ -80,8 +80,8 @@ def main() -> None:
     for batch in (args.max_batch, 1):
         cfg = load_config(REPO / "configs/quickstart.yaml", [
             f"--judge.model={args.model}", "--judge.k=1", f"--judge.max_batch_size={batch}", "--judge.batch_wait_s=0.02",
-            "--judge.max_new_tokens=64", "--judge.timeout_s=600", "--judge.cpus_per_replica=1", "--judge.port=0",
-            "--model.max_model_len=16384", f"--judge.max_queued_requests={args.requests}",
+            "--judge.max_new_tokens=320", "--judge.timeout_s=600", "--judge.cpus_per_replica=1", "--judge.port=0",
+            "--model.max_model_len=16384", f"--judge.max_queued_requests={args.requests}", "--rollout.cpus_per_worker=0.5",
         ])
         init_ray(cfg.cluster)
         endpoint = start_judge(cfg)
