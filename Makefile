@@ -43,7 +43,7 @@ quickstart: install
 	if [ -d $(EVALDATA)/jbb ]; then $(VENV)/bin/rayalign eval configs/quickstart.yaml --tracking.run_dir=$(RUN) \
 	  --checkpoints base=builtin:smollm2-135m-instruct,sft=$(RUN)/sft/model --spec-in-context base \
 	  --benchmark jbb_harmful:$(EVALDATA)/jbb/harmful-behaviors.csv --benchmark jbb_benign:$(EVALDATA)/jbb/benign-behaviors.csv \
-	  --limit 8; fi
+	  --limit 5 --judge.k=1 --eval.max_new_tokens=128; fi
 
 test: install
 	$(PY) -m pytest -q tests
