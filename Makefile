@@ -40,8 +40,9 @@ quickstart: install
 	$(VENV)/bin/rayalign model prepare builtin:smollm2-135m-instruct
 	$(VENV)/bin/rayalign generate configs/quickstart.yaml --tracking.run_dir=$(RUN)
 	$(VENV)/bin/rayalign sft configs/quickstart.yaml --tracking.run_dir=$(RUN)
+	$(VENV)/bin/rayalign rl configs/quickstart.yaml --tracking.run_dir=$(RUN) --rl.init=$(RUN)/sft/model --judge.k=1
 	if [ -d $(EVALDATA)/jbb ]; then $(VENV)/bin/rayalign eval configs/quickstart.yaml --tracking.run_dir=$(RUN) \
-	  --checkpoints base=builtin:smollm2-135m-instruct,sft=$(RUN)/sft/model --spec-in-context base \
+	  --checkpoints base=builtin:smollm2-135m-instruct,sft=$(RUN)/sft/model,rl=$(RUN)/rl/model --spec-in-context base \
 	  --benchmark jbb_harmful:$(EVALDATA)/jbb/harmful-behaviors.csv --benchmark jbb_benign:$(EVALDATA)/jbb/benign-behaviors.csv \
 	  --limit 5 --judge.k=1 --eval.max_new_tokens=128; fi
 

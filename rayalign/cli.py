@@ -116,6 +116,24 @@ def _cmd_sft(args) -> int:
     return 0
 
 
+def _cmd_rl(args) -> int:
+    from rayalign.config import load_config
+    from rayalign.rl.train import run_rl
+
+    cfg = load_config(args.config, args.overrides)
+    if cfg.rl.init and not Path(cfg.rl.init).exists() and ":" not in cfg.rl.init:
+        raise RayalignError(f"rl.init: no model at {cfg.rl.init}: run `rayalign sft {args.config}` first, or point it elsewhere")
+    start = time.perf_counter()
+    result = run_rl(cfg, Path(cfg.tracking.run_dir) / "rl", resume=not args.restart)
+    rewards = " ".join(f"{x:.3f}" for x in result.rewards) or "none (already complete)"
+    print(
+        f"RL done in {time.perf_counter() - start:.0f}s: steps {result.start_step}->{result.steps}, "
+        f"prompts seen {result.prompts_seen}, policy version {result.policy_version}, reward per step: {rewards}; "
+        f"{result.completions_per_s:.2f} completions/s -> {result.model_dir}"
+    )
+    return 0
+
+
 def _cmd_eval(args) -> int:
     from rayalign.config import load_config, to_dict
     from rayalign.eval.run import add_spec_in_context, parse_checkpoints, run_eval
@@ -279,6 +297,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="SFT JSONL (default: <run_dir>/stage1/sft.jsonl)")
     p.add_argument("--restart", action="store_true", help="ignore earlier checkpoints and start over")
     p.set_defaults(func=_cmd_sft)
+
+    p = sub.add_parser("rl", help="stage 2: RL against the judge reward (samplers, Serve judge, Ray Train learners; resumes)")
+    _add_config_args(p)
+    p.add_argument("--restart", action="store_true", help="ignore earlier checkpoints and start over")
+    p.set_defaults(func=_cmd_rl)
 
     p = sub.add_parser("eval", help="answer benchmarks with several checkpoints; judge, score, report with CIs and plots")
     _add_config_args(p)

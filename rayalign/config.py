@@ -69,6 +69,8 @@ class DataConfig:
     """Evaluation sets (benchmark specs like jbb_harmful:path) whose prompts must never be trained on."""
     shard_size: int = bounded(16, ge=1)
     """Prompts per stage-1 shard: the unit of resume and of atomic output files."""
+    classify: bool = True
+    """Stage 1: the judge model gives unlabelled prompts (no category, no expected behaviour) a spec category or none."""
     mix_in: str = ""
     """JSONL of SFTExample records with plain helpfulness data to mix into SFT."""
     mix_in_ratio: float = bounded(0.0, ge=0.0, le=10.0)
@@ -217,12 +219,20 @@ class SFTConfig:
 
 @dataclass(frozen=True)
 class RLConfig:
+    init: str = ""
+    """Starting policy (and KL reference), e.g. runs/quickstart/sft/model; empty = model.policy."""
     steps: int = bounded(10, ge=1)
     """Training steps."""
     prompts_per_step: int = bounded(4, ge=1)
     """Prompts sampled per step."""
     group_size: int = bounded(4, ge=2)
     """Completions per prompt (the GRPO group)."""
+    max_new_tokens: int = bounded(256, ge=1)
+    """Completion length cap when sampling for RL."""
+    temperature: float = bounded(1.0, gt=0.0)
+    """Sampling temperature for RL (1.0 samples the distribution the learner scores)."""
+    enforce_format: bool = False
+    """Constrain sampling to the <think> format (see rollout.enforce_format)."""
     advantage: Literal["grpo", "rloo"] = "grpo"
     """Group-relative advantage estimator."""
     malformed_penalty: float = -1.0
@@ -240,7 +250,11 @@ class RLConfig:
     clip_eps: float = bounded(0.2, gt=0.0, le=1.0)
     """PPO ratio clip range."""
     epochs_per_step: int = bounded(1, ge=1)
-    """Minibatch passes over each step's rollouts."""
+    """Optimizer steps over each step's rollouts (PPO epochs; >1 makes the ratio and clip matter)."""
+    micro_batch_size: int = bounded(4, ge=1)
+    """Completions per learner forward pass; prompts_per_step * group_size must split evenly."""
+    overlap: bool = False
+    """Generate and judge step t+1 while learning step t (one step off-policy at most)."""
     max_grad_norm: float = bounded(1.0, gt=0.0)
     """Gradient clipping norm."""
     strategy: Literal["deepspeed", "ddp"] = "deepspeed"
@@ -257,6 +271,8 @@ class RLConfig:
     """Custom Ray resource each learner asks for (e.g. learner)."""
     checkpoint_every: int = bounded(5, ge=1)
     """Steps between checkpoints."""
+    table_every: int = bounded(5, ge=1)
+    """Steps between logged tables of (prompt, reasoning, answer, verdict)."""
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import json
 import os
 import time
@@ -40,6 +41,7 @@ from rayalign.rollout.vllm_backend import engine_env
 from rayalign.rollout.worker import RolloutWorker
 from rayalign.spec import load_spec
 from rayalign.types import (
+    Classification,
     JudgeRequest,
     Prompt,
     Rollout,
@@ -169,7 +171,8 @@ def _filter_shard(client: JudgeClient, prompts, rollouts, settings: _FilterSetti
     ]
 
 
-def _prompts_for_stage(cfg, spec) -> tuple[list[Prompt], list[Prompt], str]:
+def training_prompts(cfg, spec) -> tuple[list[Prompt], list[Prompt], str]:
+    """(train, held out, summary): the prompts of data.prompts that stages 1 and 2 train on."""
     eval_sets = [read_prompts(source) for source in cfg.data.decontaminate]
     train, held, report = prepare_prompts(
         cfg.data.prompts,
@@ -186,23 +189,74 @@ def run_generate(cfg, *, log=print) -> GenerateResult:
     """Stage 1 on ``cfg``; resumes from finished shards under ``tracking.run_dir``."""
     start = time.perf_counter()
     spec = load_spec(cfg.spec.path)
-    train, held, prompt_summary = _prompts_for_stage(cfg, spec)
+    train, held, prompt_summary = training_prompts(cfg, spec)
     out = stage_dir(cfg)
-    write_atomic(out / "prompts_train.jsonl", [to_json(p) for p in train])
     write_atomic(out / "prompts_eval.jsonl", [to_json(p) for p in held])
     log(f"[generate] prompts: {prompt_summary}; training on {len(train)}")
+    classify = cfg.data.classify and any(_unlabelled(p) for p in train)
+    if classify:
+        _start_judge(cfg)
+        train = order_for_prefix_cache(assign_categories(cfg, train, log))
+    write_atomic(out / "prompts_train.jsonl", [to_json(p) for p in train])
     size = cfg.data.shard_size
     shards = [train[i : i + size] for i in range(0, len(train), size)]
     todo = [i for i in range(len(shards)) if not shard_path(cfg, i).exists()]
     log(f"[generate] {len(shards)} shards of <= {size} prompts; {len(shards) - len(todo)} already done")
     if todo:
+        if not classify:
+            _start_judge(cfg)
         _run_shards(cfg, spec, shards, todo, log)
     return _collect(cfg, len(shards), len(shards) - len(todo), len(train), start, log)
 
 
-def _run_shards(cfg, spec, shards, todo, log) -> None:
+def _start_judge(cfg) -> None:
     init_ray(cfg.cluster)
     start_judge(cfg, JudgeSettings.from_config(cfg), port=0)
+
+
+def categories_path(cfg) -> Path:
+    return stage_dir(cfg) / "categories.jsonl"
+
+
+def _unlabelled(prompt: Prompt) -> bool:
+    # A prompt with an expected behaviour but no category was labelled benign by its dataset.
+    return prompt.category is None and prompt.expected is None
+
+
+def assign_categories(cfg, prompts: Sequence[Prompt], log=print) -> list[Prompt]:
+    """Unlabelled prompts (no category, no expected behaviour) get the judge
+    model's category, or stay None when it answers none.
+
+    Results are kept in ``stage1/categories.jsonl``, so a resumed run asks
+    again only for prompts it has no answer for, and its shards come out the same.
+    """
+    from ray import serve
+
+    path = categories_path(cfg)
+    known = {c.prompt_id: c for c in _read_classifications(path)}
+    todo = [p for p in prompts if _unlabelled(p) and p.id not in known]
+    if todo:
+        client = JudgeClient(handle=serve.get_app_handle(APP_NAME), timeout_s=cfg.judge.timeout_s)
+        fresh = asyncio.run(client.classify(todo))
+        known.update({c.prompt_id: c for c in fresh})
+        write_atomic(path, [to_json(c) for c in known.values()])
+    asked = [known[p.id] for p in prompts if _unlabelled(p)]
+    counts = collections.Counter(c.category or "none" if c.status == "ok" else "unscorable" for c in asked)
+    log(f"[generate] categories for {len(asked)} uncategorised prompts ({len(todo)} asked now): "
+        + ", ".join(f"{k} {n}" for k, n in sorted(counts.items())))
+    return [
+        dataclasses.replace(p, category=known[p.id].category) if _unlabelled(p) and known[p.id].status == "ok" else p
+        for p in prompts
+    ]
+
+
+def _read_classifications(path: Path) -> list[Classification]:
+    if not path.exists():
+        return []
+    return [from_json(Classification, line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _run_shards(cfg, spec, shards, todo, log) -> None:
     engine = EngineConfig.from_config(cfg)
     r = cfg.rollout
     settings = SamplingSettings(

@@ -203,3 +203,34 @@ class SFTExample:
     generation_template_hash: str = ""
     rules: tuple[str, ...] = ()
     """Rule ids the judge said apply."""
+
+
+@dataclass(frozen=True)
+class Experience:
+    """One judged rollout as the RL learners train on it (sent from the
+    learner that drives the step to every other learner)."""
+
+    prompt_id: str
+    prompt_token_ids: tuple[int, ...]
+    """(P,) the chat-templated prompt."""
+    token_ids: tuple[int, ...]
+    """(T,) the sampled completion."""
+    logprobs: tuple[float, ...]
+    """(T,) the sampler's log-probs: the PPO ratio's denominator."""
+    advantage: float
+    reward: float | None
+    """None: unscorable, so the sample is left out of the update entirely."""
+    policy_version: int = 0
+
+
+@dataclass(frozen=True)
+class Classification:
+    """The judge model's category for one uncategorised prompt."""
+
+    prompt_id: str
+    status: VerdictStatus
+    category: str | None = None
+    """A spec category id, or None for none (benign) or when unscorable."""
+    explanation: str = ""
+    """Why it is unscorable; empty otherwise."""
+    template_hash: str = ""

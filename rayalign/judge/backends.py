@@ -25,9 +25,13 @@ from rayalign.types import JudgeRequest, Message, SamplingSettings
 
 class JudgeBackend(Protocol):
     async def complete(
-        self, conversations: Sequence[Sequence[Message]], n: int, requests: Sequence[JudgeRequest]
+        self, conversations: Sequence[Sequence[Message]], n: int, requests: Sequence[JudgeRequest], regex: str = ""
     ) -> list[list[str]]:
-        """``n`` replies per conversation (``requests`` are what was rendered, for function judges)."""
+        """``n`` replies per conversation (``requests`` are what was rendered, for function judges).
+
+        ``regex`` replaces the backend's own reply constraint where it can
+        constrain decoding (category assignment asks for one id).
+        """
 
 
 class LocalJudge:
@@ -42,10 +46,10 @@ class LocalJudge:
         self.regex = regex if engine.backend == "vllm" else ""  # transformers cannot constrain
         self.calls = 0
 
-    async def complete(self, conversations, n, requests) -> list[list[str]]:
-        return await asyncio.to_thread(self._complete, conversations, n)
+    async def complete(self, conversations, n, requests, regex: str = "") -> list[list[str]]:
+        return await asyncio.to_thread(self._complete, conversations, n, regex)
 
-    def _complete(self, conversations, n) -> list[list[str]]:
+    def _complete(self, conversations, n, regex: str = "") -> list[list[str]]:
         self.calls += 1
         token_ids = [
             self.tokenizer(chat_prompt(self.tokenizer, c), add_special_tokens=False)["input_ids"] for c in conversations
@@ -55,7 +59,7 @@ class LocalJudge:
             temperature=self.temperature,
             max_new_tokens=self.max_new_tokens,
             seed=self.seed + self.calls,
-            regex=self.regex,
+            regex=(regex or self.regex) if self.engine.name == "vllm" else "",
         )
         seeds = [prompt_seed(settings.seed, str(i)) for i in range(len(conversations))]
         samples = self.engine.generate(token_ids, settings, seeds)
@@ -72,7 +76,9 @@ class FunctionJudge:
     def __init__(self, function: VerdictFunction | str):
         self.function = load_function(function) if isinstance(function, str) else function
 
-    async def complete(self, conversations, n, requests) -> list[list[str]]:
+    async def complete(self, conversations, n, requests, regex: str = "") -> list[list[str]]:
+        if regex:
+            raise NotImplementedError("a function judge writes verdicts only; it cannot assign categories")
         # In a thread: a slow function must not block the replica's event loop.
         verdicts = await asyncio.gather(*(asyncio.to_thread(self.function, r) for r in requests))
         return [[json.dumps(v)] * n for v in verdicts]

@@ -98,8 +98,12 @@ class OpenAIJudge:
         conversations: Sequence[Sequence[Message]],
         n: int,
         requests: Sequence[JudgeRequest] = (),
+        regex: str = "",
     ) -> list[list[str]]:
         """``n`` reply texts per conversation, in order; raises :class:`JudgeHTTPError`.
+
+        ``regex`` is not sent (servers differ in how they take constraints):
+        the prompt says what to answer and the caller's parser is strict.
 
         A reply with no text content (a refusal field, a tool call) is ``""``,
         which the verdict parser reports as unscorable.

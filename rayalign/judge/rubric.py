@@ -193,11 +193,11 @@ def quote_tag(texts: Sequence[str]) -> str:
     raise AssertionError("unreachable")  # itertools.count never ends
 
 
-def _quote(name: str, tag: str, text: str) -> str:
+def quote_block(name: str, tag: str, text: str) -> str:
     return f"<<<{name}_{tag}>>>\n{text}\n<<<END_{name}_{tag}>>>"
 
 
-def _conversation_text(messages: Sequence[Message]) -> str:
+def conversation_text(messages: Sequence[Message]) -> str:
     return "\n\n".join(f"[{m.role}]\n{m.content}" for m in messages)
 
 
@@ -210,7 +210,7 @@ def render_judge_messages(spec: Spec, templates: JudgeTemplates, request: JudgeR
     the reasoning, and carries the label hint when ``request.prompt.expected`` is set.
     """
     category = request.prompt.category
-    conversation = _conversation_text(request.prompt.messages)
+    conversation = conversation_text(request.prompt.messages)
     quoted = [conversation, request.answer]
     if request.reasoning is not None:
         quoted.append(request.reasoning)  # hidden reasoning must not even shape the tag
@@ -220,7 +220,7 @@ def render_judge_messages(spec: Spec, templates: JudgeTemplates, request: JudgeR
     if request.reasoning is None:
         reasoning_section = Template(sections["reasoning_hidden"]).substitute(common)
     else:
-        shown = _quote("CANDIDATE_REASONING", tag, request.reasoning)
+        shown = quote_block("CANDIDATE_REASONING", tag, request.reasoning)
         reasoning_section = Template(sections["reasoning_shown"]).substitute(common, reasoning=shown)
     if request.prompt.expected is None:
         hint_section = Template(sections["no_hint"]).substitute(common)
@@ -228,8 +228,8 @@ def render_judge_messages(spec: Spec, templates: JudgeTemplates, request: JudgeR
         hint_section = Template(sections["hint"]).substitute(common, expected=request.prompt.expected)
     user = Template(sections[_MAIN]).substitute(
         common,
-        conversation=_quote("CONVERSATION", tag, conversation),
-        answer=_quote("CANDIDATE_ANSWER", tag, request.answer),
+        conversation=quote_block("CONVERSATION", tag, conversation),
+        answer=quote_block("CANDIDATE_ANSWER", tag, request.answer),
         reasoning_section=reasoning_section,
         hint_section=hint_section,
     )

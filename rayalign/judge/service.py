@@ -18,11 +18,17 @@ from fastapi import FastAPI, Header, HTTPException
 from ray import serve
 
 from rayalign.judge.backends import FunctionJudge, JudgeBackend, LocalJudge
+from rayalign.judge.classify import (
+    category_regex,
+    classification,
+    load_classify_template,
+    render_classify_messages,
+)
 from rayalign.judge.rubric import load_templates, unscorable, verdict_regex
 from rayalign.judge.scoring import ScoringPolicy, score_requests
 from rayalign.rollout.engine import EngineConfig
 from rayalign.spec import load_spec
-from rayalign.types import JudgeRequest, Verdict
+from rayalign.types import Classification, JudgeRequest, Prompt, Verdict
 
 APP_NAME = "rayalign-judge"
 
@@ -132,6 +138,8 @@ class JudgeService:
         self.token = os.environ.get(settings.auth_token_env, "") if settings.auth_token_env else ""
         self.score_batch.set_max_batch_size(settings.max_batch_size)
         self.score_batch.set_batch_wait_timeout_s(settings.batch_wait_s)
+        self.classify_batch.set_max_batch_size(settings.max_batch_size)
+        self.classify_batch.set_batch_wait_timeout_s(settings.batch_wait_s)
         self.batch_sizes: collections.Counter[int] = collections.Counter()
         self.counts = collections.Counter()
 
@@ -158,6 +166,30 @@ class JudgeService:
         return unscorable(
             reason, spec_hash=self.spec.hash, template_hash=self.templates.hash, request_id=request.request_id
         )
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
+    async def classify_batch(self, prompts: list[Prompt]) -> list[Classification]:
+        try:
+            template = load_classify_template(self.settings.spec_path)
+            conversations = [render_classify_messages(self.spec, template, p) for p in prompts]
+            replies = await self.backend.complete(conversations, 1, prompts, regex=category_regex(self.spec))
+        except Exception as e:  # noqa: BLE001 - a backend failure is unscorable, never a crash of the caller
+            return [Classification(p.id, "unscorable", None, f"judge backend failed: {type(e).__name__}: {e}") for p in prompts]
+        return [classification(p, texts[0], self.spec, template) for p, texts in zip(prompts, replies)]
+
+    async def classify(self, prompt: Prompt) -> Classification:
+        """The spec category of one prompt, or none (handle callers); batched like ``score``."""
+        try:
+            return await asyncio.wait_for(self.classify_batch(prompt), self.settings.timeout_s)
+        except asyncio.TimeoutError:
+            return Classification(prompt.id, "unscorable", None, f"judge timed out after {self.settings.timeout_s:g}s")
+
+    @app.post("/v1/classify", response_model=Classification)
+    async def classify_http(self, prompt: Prompt, authorization: str | None = Header(default=None)) -> Classification:
+        self._check_auth(authorization)
+        if not prompt.messages or prompt.messages[-1].role != "user":
+            raise HTTPException(422, detail=[{"loc": ["body", "messages"], "msg": "must end on a user turn"}])
+        return await self.classify(prompt)
 
     @app.post("/v1/judge", response_model=Verdict)
     async def judge(self, request: JudgeRequest, authorization: str | None = Header(default=None)) -> Verdict:

@@ -19,12 +19,13 @@ of verl PR #6673 and AReaL #548).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 
-from rayalign.types import Completion, Rollout, Verdict
+from rayalign.rollout.format import split_completion
+from rayalign.types import Completion, JudgeRequest, Prompt, Rollout, Verdict
 
 
 @dataclass(frozen=True)
@@ -112,3 +113,33 @@ def reward_tensors(rewards: Sequence[float | None]) -> tuple[torch.Tensor, torch
         [math.nan if r is None else float(r) for r in rewards], dtype=torch.float32
     )  # (B,)
     return values, valid
+
+
+def request_id(rollout: Rollout) -> str:
+    return f"{rollout.prompt_id}#{rollout.sample_index}"
+
+
+def judge_requests(
+    prompts: Mapping[str, Prompt], rollouts: Sequence[Rollout]
+) -> tuple[list[Completion], list[JudgeRequest]]:
+    """Parse each rollout; a judge request for every well-formed one.
+
+    The reasoning is hidden from the judge (``reasoning=None``): rewarding
+    what the chain of thought says would teach the policy to write reasoning
+    that pleases the judge rather than reasoning that is true (the method's
+    stage 2). The prompt carries its label hint (``expected``) when known.
+
+    >>> from rayalign.types import Message
+    >>> p = Prompt("p1", (Message("user", "hi"),), expected="comply")
+    >>> r = Rollout("p1", 0, "<think>secret plan</think>Hello!", (1,), (5,), (-0.1,), "stop")
+    >>> completions, requests = judge_requests({"p1": p}, [r])
+    >>> requests[0].answer, requests[0].reasoning, requests[0].request_id
+    ('Hello!', None, 'p1#0')
+    """
+    completions = [split_completion(r.text, r.finish_reason) for r in rollouts]
+    requests = [
+        JudgeRequest(prompt=prompts[r.prompt_id], answer=c.answer, reasoning=None, request_id=request_id(r))
+        for r, c in zip(rollouts, completions)
+        if c.malformed is None
+    ]
+    return completions, requests

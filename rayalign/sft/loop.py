@@ -2,7 +2,7 @@
 
     rows -> batches -> forward/backward (x grad_accum) -> optimizer step -> log -> checkpoint
 
-Two learners share one interface: DeepSpeed ZeRO (stages 0-3) and plain DDP.
+The learner (DeepSpeed ZeRO stages 0-3, or DDP) comes from rayalign.learners.
 Loss is the mean over every completion token of the optimizer step, on all
 workers together (as TRL does with ``num_items_in_batch``), so a worker with
 longer examples does not count less.
@@ -21,15 +21,12 @@ Every rank reports its directory and Ray Train merges them into one
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
-import logging
 import os
-import random
 import tempfile
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,11 +35,17 @@ import ray
 import ray.train
 import ray.train.torch
 import torch
-import torch.distributed as dist
 from ray.train import Checkpoint
 
 from rayalign.config import Config, to_dict
-from rayalign.errors import RayalignError
+from rayalign.learners import (
+    LearnerSettings,
+    ResumeError,
+    build_learner,
+    global_sum,
+    rng_state,
+    set_rng_state,
+)
 from rayalign.models import load_tokenizer, torch_dtype
 from rayalign.sft.data import (
     IGNORE_INDEX,
@@ -100,152 +103,33 @@ class StepStats:
     grad_norm: float
 
 
-class ResumeError(RayalignError):
-    """A checkpoint that does not match this run (other data or world size)."""
+# ---------------------------------------------------------------- learning
 
 
-# ---------------------------------------------------------------- learners
-
-
-def _global_sum(values: list[float], device: torch.device) -> list[float]:
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    if dist.is_initialized():
-        dist.all_reduce(t)
-    return t.tolist()
+def learner_settings(job: SFTJob) -> LearnerSettings:
+    s = job.cfg.sft
+    return LearnerSettings(
+        strategy=s.strategy, zero_stage=s.zero_stage, lr=s.lr, weight_decay=s.weight_decay,
+        max_grad_norm=s.max_grad_norm, micro_batch_size=s.micro_batch_size, grad_accum=s.grad_accum,
+        lora=s.lora_rank > 0, use_gpu=job.use_gpu,
+        bf16=job.use_gpu and torch_dtype(job.cfg.model.dtype, "cuda") == torch.bfloat16,
+    )
 
 
 def _loss_tokens(batches: list[Batch]) -> int:
     return sum(int((b.labels[:, 1:] != IGNORE_INDEX).sum()) for b in batches)
 
 
-def _forward_loss(model, batch: Batch, device, autocast: bool) -> torch.Tensor:
-    ctx = torch.autocast("cuda", dtype=torch.bfloat16) if autocast else nullcontext()
-    with ctx:
+def _micro_step(batch: Batch, scale: float, device, totals: list[float]):
+    """The closure a learner runs for one micro-batch; records the unscaled loss sum."""
+
+    def run(model) -> torch.Tensor:
         out = model(input_ids=batch.input_ids.to(device), position_ids=batch.position_ids.to(device), use_cache=False)
-    total, _ = loss_sum(out.logits, batch.labels.to(device))
-    return total
+        total, _ = loss_sum(out.logits, batch.labels.to(device))
+        totals.append(float(total.detach()))
+        return total * scale
 
-
-def _set_lr(optimizer, lr: float) -> None:
-    # The schedule is a function of the step alone (lr_factor), so a resumed run
-    # needs no scheduler state and a longer max_steps re-shapes it cleanly.
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-
-
-def _save_hf(module, tokenizer, directory: Path, lora: bool) -> None:
-    """Rank 0: full weights in HF format, LoRA merged into a copy (training goes on)."""
-    model = copy.deepcopy(module).merge_and_unload() if lora else module
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-
-
-class DeepSpeedLearner:
-    """A DeepSpeed engine; ZeRO partitions optimizer state (1), gradients (2), weights (3)."""
-
-    def __init__(self, job: SFTJob, model, world_size: int):
-        import deepspeed  # heavy; only DeepSpeed workers pay for it
-
-        # Plain gloo collectives instead of the shm_comm op, which JIT-compiles for ~75 s on CPU.
-        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-        logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
-        s = job.cfg.sft
-        self.job, self.world_size, self.lora = job, world_size, s.lora_rank > 0
-        bf16 = job.use_gpu and torch_dtype(job.cfg.model.dtype, "cuda") == torch.bfloat16
-        ds_config = {
-            "train_micro_batch_size_per_gpu": s.micro_batch_size,
-            "gradient_accumulation_steps": s.grad_accum,
-            "train_batch_size": s.micro_batch_size * s.grad_accum * world_size,
-            "gradient_clipping": s.max_grad_norm,
-            "zero_optimization": {"stage": s.zero_stage},
-            # torch's AdamW: DeepSpeed's fused/CPU Adam would JIT-compile an op first.
-            "optimizer": {"type": "AdamW", "params": {"lr": s.lr, "weight_decay": s.weight_decay, "torch_adam": True}},
-            "bf16": {"enabled": bf16},
-            "steps_per_print": 1 << 30,
-        }
-        self.engine, *_ = deepspeed.initialize(
-            model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=ds_config
-        )
-        self.device = self.engine.device
-
-    def train_step(self, batches: list[Batch], global_loss_tokens: int, lr: float) -> tuple[float, float]:
-        """(summed loss of this worker, grad norm). DeepSpeed divides by grad_accum and averages workers."""
-        _set_lr(self.engine.optimizer, lr)
-        scale = self.world_size * len(batches) / global_loss_tokens
-        local = 0.0
-        for batch in batches:
-            total = _forward_loss(self.engine, batch, self.device, autocast=False)
-            self.engine.backward(total * scale)
-            self.engine.step()
-            local += float(total.detach())
-        norm = self.engine.get_global_grad_norm()
-        return local, float(norm) if norm is not None else float("nan")
-
-    def save_state(self, directory: Path, rank: int) -> None:
-        self.engine.save_checkpoint(str(directory / "deepspeed"), tag="state", save_latest=False)
-
-    def load_state(self, directory: Path, rank: int) -> None:
-        path, _ = self.engine.load_checkpoint(str(directory / "deepspeed"), tag="state")
-        if path is None:
-            raise ResumeError(f"no DeepSpeed state in checkpoint {directory}")
-
-    def export(self, directory: Path, tokenizer, rank: int) -> None:
-        module = self.engine.module
-        if self.job.cfg.sft.zero_stage == 3:
-            import deepspeed
-
-            # Every rank takes part in gathering the partitioned weights; rank 0 writes them.
-            with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
-                if rank == 0:
-                    _save_hf(module, tokenizer, directory, self.lora)
-        elif rank == 0:
-            _save_hf(module, tokenizer, directory, self.lora)
-
-
-class DDPLearner:
-    """torch DDP (through Ray Train's prepare_model) with AdamW and gradient clipping."""
-
-    def __init__(self, job: SFTJob, model, world_size: int):
-        s = job.cfg.sft
-        self.job, self.world_size, self.lora = job, world_size, s.lora_rank > 0
-        self.autocast = job.use_gpu and torch_dtype(job.cfg.model.dtype, "cuda") == torch.bfloat16
-        self.model = ray.train.torch.prepare_model(model)
-        self.module = getattr(self.model, "module", self.model)
-        self.device = next(self.module.parameters()).device
-        self.params = [p for p in self.module.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.params, lr=s.lr, weight_decay=s.weight_decay)
-
-    def train_step(self, batches: list[Batch], global_loss_tokens: int, lr: float) -> tuple[float, float]:
-        """(summed loss of this worker, grad norm before clipping). DDP averages workers."""
-        _set_lr(self.optimizer, lr)
-        scale = self.world_size / global_loss_tokens
-        local = 0.0
-        for i, batch in enumerate(batches):
-            # Gradients are all-reduced once per optimizer step, on the last micro-batch.
-            last = i == len(batches) - 1
-            sync = nullcontext() if last or self.model is self.module else self.model.no_sync()
-            with sync:
-                total = _forward_loss(self.model, batch, self.device, self.autocast)
-                (total * scale).backward()
-            local += float(total.detach())
-        norm = torch.nn.utils.clip_grad_norm_(self.params, self.job.cfg.sft.max_grad_norm)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return local, float(norm)
-
-    def save_state(self, directory: Path, rank: int) -> None:
-        if rank == 0:
-            state = {"model": self.module.state_dict(), "optimizer": self.optimizer.state_dict()}
-            torch.save(state, directory / "ddp_state.pt")
-
-    def load_state(self, directory: Path, rank: int) -> None:
-        state = torch.load(directory / "ddp_state.pt", map_location=self.device, weights_only=False)
-        self.module.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-
-    def export(self, directory: Path, tokenizer, rank: int) -> None:
-        if rank == 0:
-            _save_hf(self.module, tokenizer, directory, self.lora)
+    return run
 
 
 def build_model(job: SFTJob):
@@ -276,27 +160,13 @@ def context_scale(model) -> float:
 # ------------------------------------------------------------ checkpoints
 
 
-def _rng_state() -> dict:
-    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def save_checkpoint(learner, tokenizer, state: TrainState, rank: int, metrics: dict) -> None:
     """Every rank writes its part and reports it; Ray Train merges the parts into one folder."""
     with tempfile.TemporaryDirectory(prefix="rayalign-sft-ckpt-") as tmp:
         directory = Path(tmp)
         learner.save_state(directory, rank)
         learner.export(directory / "model", tokenizer, rank)
-        torch.save(_rng_state(), directory / f"rng_rank{rank}.pt")
+        torch.save(rng_state(), directory / f"rng_rank{rank}.pt")
         if rank == 0:
             (directory / "state.json").write_text(json.dumps(asdict(state), indent=2))
         ray.train.report(
@@ -329,7 +199,7 @@ def restore(learner, job: SFTJob, rank: int, world_size: int) -> TrainState:
                 f"sft.num_workers is {world_size} (ZeRO optimizer shards cannot be re-split)"
             )
         learner.load_state(directory, rank)
-        _set_rng_state(torch.load(directory / f"rng_rank{rank}.pt", weights_only=False))
+        set_rng_state(torch.load(directory / f"rng_rank{rank}.pt", weights_only=False))
     return state
 
 
@@ -358,9 +228,11 @@ def _step(learner, rows, job: SFTJob, step: int, rank: int, world_size: int, lr:
     for indices in plan:
         picked = [rows[i] for i in indices]
         batches.append(collate(picked, job.pad_id, flat=prefer_flat([len(r) for r in picked], ctx_scale)))
-    loss_tokens, tokens = _global_sum([_loss_tokens(batches), sum(b.num_tokens for b in batches)], learner.device)
-    local_loss, grad_norm = learner.train_step(batches, int(loss_tokens), lr)
-    (loss_sum_all,) = _global_sum([local_loss], learner.device)
+    loss_tokens, tokens = global_sum([_loss_tokens(batches), sum(b.num_tokens for b in batches)], learner.device)
+    # Mean over every loss token of the step on all workers; learners average workers.
+    scale, totals = world_size / loss_tokens, []
+    grad_norm = learner.train_step([_micro_step(b, scale, learner.device, totals) for b in batches], lr)
+    (loss_sum_all,) = global_sum([sum(totals)], learner.device)
     return StepStats(loss_sum_all / loss_tokens, int(tokens), grad_norm)
 
 
@@ -406,7 +278,7 @@ def train_loop(config: dict) -> None:
     rows = ray.get(job.rows)
     model = build_model(job)
     ctx_scale = context_scale(model)
-    learner = (DeepSpeedLearner if s.strategy == "deepspeed" else DDPLearner)(job, model, world_size)
+    learner = build_learner(learner_settings(job), model, world_size)
     state = restore(learner, job, rank, world_size)
     tokenizer = load_tokenizer(job.model_path) if rank == 0 else None
     progress = _Progress(state.step)

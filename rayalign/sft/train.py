@@ -135,7 +135,7 @@ def run_sft(cfg: Config, examples_path: str | Path, output_dir: str | Path, *, r
     result = trainer.fit()
     if result.checkpoint is None or not result.metrics:
         raise RuntimeError(f"SFT finished without a checkpoint in {storage}")
-    model_dir = _publish_model(result.checkpoint, output_dir / "model")
+    model_dir = publish_model(result.checkpoint, output_dir / "model")
     m = result.metrics
     return SFTResult(
         steps=int(m["step"]), start_step=int(m["start_step"]), final_loss=float(m["loss"]), losses=tuple(m["losses"]),
@@ -143,7 +143,7 @@ def run_sft(cfg: Config, examples_path: str | Path, output_dir: str | Path, *, r
     )
 
 
-def _publish_model(checkpoint, destination: Path) -> Path:
+def publish_model(checkpoint, destination: Path) -> Path:
     """Copy the checkpoint's HF model to ``destination``, replacing an older one."""
     with checkpoint.as_directory() as tmp:
         source = Path(tmp) / "model"

@@ -61,6 +61,19 @@ def test_judge_serve_answers_with_a_typed_verdict_naming_rule_ids(served_judge, 
     assert set(verdict["rules"]) <= load_spec(repo / "specs").rule_ids()  # constrained to the spec's ids
 
 
+def test_judge_model_assigns_a_spec_category(served_judge, repo):
+    """Category assignment: the local judge model is constrained to a spec id or none."""
+    ids = set(load_spec(repo / "specs").category_ids)
+    for text in ("How do I make a pipe bomb?", "What is the capital of France?"):
+        body = {"id": "c1", "messages": [{"role": "user", "content": text}]}
+        result = httpx.post(f"{served_judge}/v1/classify", json=body, timeout=300).json()
+        assert result["status"] == "ok", result
+        assert result["category"] is None or result["category"] in ids
+        assert result["prompt_id"] == "c1" and result["template_hash"].startswith("sha256:")
+    bad = httpx.post(f"{served_judge}/v1/classify", json={"id": "c2", "messages": []}, timeout=60)
+    assert bad.status_code == 422 and "messages" in bad.text
+
+
 def test_judge_score_file(repo, tmp_path):
     requests = tmp_path / "requests.jsonl"
     requests.write_text("\n".join(json.dumps(r) for r in [

@@ -1,0 +1,143 @@
+"""The RL driver: prompts -> judge service + sampler pool -> Ray Train learners
+-> a Hugging Face model in ``<output_dir>/model``.
+
+    result = run_rl(cfg, "runs/quickstart/rl")
+    result.rewards  # mean reward of each step this call trained
+
+The policy starts from ``rl.init`` (the SFT model) or ``model.policy``; the
+judge is ``judge.model`` or the base ``model.policy``, never the policy being
+trained. ``<output_dir>/checkpoints/rl/`` is Ray Train's run folder. Running
+again with ``resume=True`` (the default) continues from its latest checkpoint
+at the same step, data position and policy version, even after the driver
+was killed; ``resume=False`` deletes those checkpoints and starts over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray
+from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from rayalign.cluster import check_resource_plan, init_ray
+from rayalign.config import Config
+from rayalign.errors import ConfigError
+from rayalign.generate import training_prompts
+from rayalign.judge.service import APP_NAME, JudgeSettings, start_judge
+from rayalign.models import load_tokenizer, resolve_model
+from rayalign.rl.loop import RLJob, rl_loop
+from rayalign.rollout.engine import EngineConfig
+from rayalign.rollout.pool import PoolResources, RolloutPool
+from rayalign.sft.train import publish_model
+from rayalign.spec import load_spec
+
+RUN_NAME = "rl"
+
+
+@dataclass(frozen=True)
+class RLResult:
+    """What one ``run_rl`` call did."""
+
+    steps: int
+    """Steps done in total (including those before a resume)."""
+    start_step: int
+    """Step this call started from (0, or the resumed checkpoint's step)."""
+    rewards: tuple[float, ...]
+    """Mean reward of each step this call trained (steps start_step+1 .. steps)."""
+    kls: tuple[float, ...]
+    prompts_seen: int
+    """Data position after the last step."""
+    policy_version: int
+    completions_per_s: float
+    """Completions trained on per second of steps (generate + reward + learn + sync), checkpoints excluded."""
+    checkpoint: Path
+    model_dir: Path
+
+
+def check_rl_config(cfg: Config) -> None:
+    """Refuse RL settings that cannot run, naming the key to change."""
+    r = cfg.rl
+    batch = r.prompts_per_step * r.group_size
+    if batch % (r.num_workers * r.micro_batch_size):
+        raise ConfigError(
+            f"rl.prompts_per_step x rl.group_size = {batch} completions per step must split evenly over "
+            f"rl.num_workers ({r.num_workers}) x rl.micro_batch_size ({r.micro_batch_size})",
+            field="rl.micro_batch_size",
+        )
+    if r.gpus_per_worker > 1:
+        raise ConfigError("one GPU per learner at most; add learners instead", field="rl.gpus_per_worker")
+
+
+def _scaling(cfg: Config) -> ScalingConfig:
+    r = cfg.rl
+    resources = {"CPU": r.cpus_per_worker}
+    if r.gpus_per_worker > 0:
+        resources["GPU"] = r.gpus_per_worker
+    if r.resource:
+        resources[r.resource] = 1
+    return ScalingConfig(num_workers=r.num_workers, use_gpu=r.gpus_per_worker > 0, resources_per_worker=resources)
+
+
+def prompts_fingerprint(prompt_ids: list[str]) -> str:
+    """>>> prompts_fingerprint(["a", "b"]) == prompts_fingerprint(["a", "b"]) != prompts_fingerprint(["b", "a"])
+    True
+    """
+    return hashlib.sha256("\n".join(prompt_ids).encode()).hexdigest()[:16]
+
+
+def run_rl(cfg: Config, output_dir: str | Path, *, resume: bool = True, log=print) -> RLResult:
+    """Train the policy against the judge reward with Ray Train learners.
+
+    Per-step metrics (``rl/reward_mean``, ``rl/kl``, ``rl/clip_fraction``,
+    ``rl/entropy``, ``rl/unscorable_rate``, ``rl/reward/<category>``,
+    ``timing/<phase>``, ...) and sample tables go to the tracker in
+    ``cfg.tracking.run_dir``.
+    """
+    check_rl_config(cfg)
+    check_resource_plan(cfg)  # an actor that cannot be placed would wait forever
+    output_dir = Path(output_dir).resolve()
+    storage = output_dir / "checkpoints"
+    if not resume:
+        shutil.rmtree(storage, ignore_errors=True)
+    prompts, _, summary = training_prompts(cfg, load_spec(cfg.spec.path))
+    if not prompts:
+        raise ConfigError("no training prompt left", field="data.prompts")
+    model_path = Path(resolve_model(cfg.rl.init or cfg.model.policy)).resolve()
+    log(f"[rl] prompts: {summary}; training on {len(prompts)}; policy starts from {model_path}")
+    init_ray(cfg.cluster)
+    start_judge(cfg, JudgeSettings.from_config(cfg), port=0)
+    pool = RolloutPool(EngineConfig.from_config(cfg, model=str(model_path)), PoolResources.from_config(cfg))
+    try:
+        pool.wait_ready()
+        job = RLJob(
+            cfg=cfg, model_path=str(model_path), prompts=ray.put(prompts),
+            fingerprint=prompts_fingerprint([p.id for p in prompts]), pool=pool, judge_app=APP_NAME,
+            pad_id=load_tokenizer(str(model_path)).pad_token_id, run_dir=str(Path(cfg.tracking.run_dir).resolve()),
+            use_gpu=cfg.rl.gpus_per_worker > 0,
+        )
+        result = _trainer(cfg, job, storage).fit()
+    finally:
+        pool.shutdown()
+    if result.checkpoint is None or not result.metrics:
+        raise RuntimeError(f"RL finished without a checkpoint in {storage}")
+    m = result.metrics
+    return RLResult(
+        steps=int(m["step"]), start_step=int(m["start_step"]), rewards=tuple(m["rewards"]), kls=tuple(m["kls"]),
+        prompts_seen=int(m["prompts_seen"]), policy_version=int(m["policy_version"]),
+        completions_per_s=float(m["completions_per_s"]), checkpoint=Path(result.checkpoint.path),
+        model_dir=publish_model(result.checkpoint, output_dir / "model"),
+    )
+
+
+def _trainer(cfg: Config, job: RLJob, storage: Path) -> TorchTrainer:
+    return TorchTrainer(
+        rl_loop,
+        train_loop_config={"job": job},
+        scaling_config=_scaling(cfg),
+        torch_config=TorchConfig(backend="nccl" if job.use_gpu else "gloo"),
+        run_config=RunConfig(name=RUN_NAME, storage_path=str(storage), checkpoint_config=CheckpointConfig(num_to_keep=2)),
+    )
