@@ -40,8 +40,10 @@ def _overrides(args, tmp: Path) -> list[str]:
         "--rollout.backend=vllm", "--rollout.num_workers=1", "--rollout.cpus_per_worker=1.0",
         "--judge.backend=function", "--judge.function=rayalign.testing:length_judge", "--judge.cpus_per_replica=0.25",
         f"--rl.steps={args.steps}", f"--rl.prompts_per_step={args.prompts_per_step}", f"--rl.group_size={args.group}",
-        f"--rl.max_new_tokens={args.max_new_tokens}", f"--rl.micro_batch_size={args.prompts_per_step * args.group}",
-        f"--rl.lr={args.lr}", f"--rl.kl_coef={args.beta}", "--rl.num_workers=1", "--rl.cpus_per_worker=0.5",
+        f"--rl.max_new_tokens={args.max_new_tokens}",
+        f"--rl.micro_batch_size={args.prompts_per_step * args.group // args.learners}",
+        f"--rl.lr={args.lr}", f"--rl.kl_coef={args.beta}", f"--rl.num_workers={args.learners}",
+        f"--rl.cpus_per_worker={0.5 / args.learners}",
         f"--rl.checkpoint_every={args.steps}", "--rl.malformed_penalty=0.0", f"--rl.overlap={args.overlap}",
         f"--rl.strategy={args.strategy}", "--rl.zero_stage=2",
         f"--tracking.run_dir={tmp}", "--tracking.wandb_mode=disabled",
@@ -142,6 +144,7 @@ def main() -> None:
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--side", default="trl", help=argparse.SUPPRESS)
     p.add_argument("--overlap", default="false", help=argparse.SUPPRESS)
+    p.add_argument("--learners", type=int, default=1, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         print(json.dumps(child_trl(args) if args.side == "trl" else child_rayalign(args)))
@@ -167,16 +170,19 @@ def run(args) -> None:
     common += ["--strategy", args.strategy]
     ours = run_isolated(script, [*common, "--side", "rayalign"], env)
     overlapped = run_isolated(script, [*common, "--side", "rayalign", "--overlap", "true"], env)
+    two = run_isolated(script, [*common, "--side", "rayalign", "--learners", "2"], env)
     per_step = args.prompts_per_step * args.group
     base = per_step / statistics.mean(trl["step_s"][1:] or trl["step_s"])
     learner = "DeepSpeed ZeRO-2" if args.strategy == "deepspeed" else "DDP"
-    rows = [_row("TRL GRPOTrainer (transformers generate)", trl, per_step, None),
-            _row(f"rayalign (vLLM actor + Serve judge + {learner} learner)", ours, per_step, base),
-            _row("rayalign, rl.overlap (generate+judge step t+1 during learn t)", overlapped, per_step, base)]
+    runs = [(f"rayalign (vLLM actor + Serve judge + 1 {learner} learner)", ours),
+            ("rayalign, rl.overlap (generate+judge step t+1 during learn t)", overlapped),
+            (f"rayalign, 2 {learner} learners (1 thread each)", two)]
+    rows = [_row("TRL GRPOTrainer (transformers generate)", trl, per_step, None)]
+    rows += [_row(name, r, per_step, base) for name, r in runs]
     print(f"\nRL step throughput, {args.model}, {args.steps} steps x {args.prompts_per_step} prompts x {args.group} "
           f"completions of <= {args.max_new_tokens} tokens, fp32, 1 thread per process, CPU")
     print(table(["run", "step 1 s", "steady step s", "completions/s", "mean completion tokens", "wall s", "vs TRL"], rows))
-    for name, r in (("rayalign", ours), ("rayalign, rl.overlap", overlapped)):
+    for name, r in runs:
         print(f"\n{name} per-phase seconds (steady-state mean): " + ", ".join(f"{p} {s:.2f}" for p, s in r["phases"].items()))
     print(f"\nmachine: {os.cpu_count()} CPUs; python {sys.version.split()[0]}")
 

@@ -20,7 +20,7 @@ import copy
 import logging
 import random
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -209,8 +209,9 @@ def _check_micro_steps(micro_steps: Sequence[MicroStep], grad_accum: int) -> Non
 
 
 def _cpu_state(module) -> dict[str, torch.Tensor]:
-    # merge_and_unload would be needed for LoRA; RL trains full weights.
-    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+    # No copy on CPU: the object store copies once when the weights are put there.
+    # (LoRA would need merge_and_unload first; RL trains full weights.)
+    return {k: v.detach().cpu() for k, v in module.state_dict().items()}
 
 
 # ------------------------------------------------------------ RNG state
@@ -228,3 +229,72 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ------------------------------------------------------- Ray Train workers
+
+
+def scaling_config(num_workers: int, cpus: float, gpus: float, resource: str):
+    """Ray Train's ScalingConfig for learners asking ``cpus``/``gpus`` and one unit of ``resource``."""
+    from ray.train import ScalingConfig
+
+    resources = {"CPU": cpus}
+    if gpus > 0:
+        resources["GPU"] = gpus
+    if resource:
+        resources[resource] = 1
+    return ScalingConfig(num_workers=num_workers, use_gpu=gpus > 0, resources_per_worker=resources)
+
+
+def setup_worker(threads: int, use_gpu: bool) -> tuple[int, int]:
+    """Threads and device for this Ray Train worker; its (rank, world size)."""
+    import os
+
+    import ray.train
+    import ray.train.torch
+
+    torch.set_num_threads(threads)
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if use_gpu else "cpu")
+    if use_gpu:  # DeepSpeed takes the current CUDA device
+        torch.cuda.set_device(ray.train.torch.get_device())
+    context = ray.train.get_context()
+    return context.get_world_rank(), context.get_world_size()
+
+
+@contextmanager
+def rank0_tracker(cfg, stage: str, run_dir: str, rank: int):
+    """Rank 0 logs to the stage's tracker; the others get one that writes nowhere."""
+    from rayalign.config import to_dict
+    from rayalign.tracking import Tracker, start_tracking
+
+    tracker = start_tracking(cfg.tracking, stage, to_dict(cfg), run_dir=run_dir) if rank == 0 else Tracker(None)
+    try:
+        yield tracker
+    finally:
+        tracker.finish()
+
+
+def report_checkpoint(learner: Learner, tokenizer, state: dict, step: int, rank: int, metrics: dict) -> None:
+    """Every rank writes its part (optimizer shard, RNG state; rank 0 the HF
+    model and ``state.json``) and reports it; Ray Train merges the parts into
+    one ``step-NNNNNN`` folder."""
+    import json
+    import tempfile
+
+    import ray.train
+    from ray.train import Checkpoint
+
+    with tempfile.TemporaryDirectory(prefix="rayalign-ckpt-") as tmp:
+        directory = Path(tmp)
+        learner.save_state(directory, rank)
+        learner.export(directory / "model", tokenizer, rank)
+        torch.save(rng_state(), directory / f"rng_rank{rank}.pt")
+        if rank == 0:
+            (directory / "state.json").write_text(json.dumps(state, indent=2))
+        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp), checkpoint_dir_name=f"step-{step:06d}")
+
+
+def load_checkpoint_state(learner: Learner, directory: Path, rank: int) -> None:
+    """Weights, optimizer state and this rank's RNG state from a checkpoint folder."""
+    learner.load_state(directory, rank)
+    set_rng_state(torch.load(directory / f"rng_rank{rank}.pt", weights_only=False))

@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -43,17 +41,18 @@ import ray.train
 import ray.train.torch
 import torch
 import torch.distributed as dist
-from ray.train import Checkpoint
 
-from rayalign.config import Config, to_dict
+from rayalign.config import Config
 from rayalign.judge.client import JudgeClient
 from rayalign.learners import (
     LearnerSettings,
     ResumeError,
     build_learner,
     global_sum,
-    rng_state,
-    set_rng_state,
+    load_checkpoint_state,
+    rank0_tracker,
+    report_checkpoint,
+    setup_worker,
 )
 from rayalign.models import load_tokenizer, torch_dtype
 from rayalign.rl.advantage import group_advantages
@@ -77,7 +76,6 @@ from rayalign.rl.reward import (
     shape_rollout_reward,
 )
 from rayalign.rollout.format import format_regex
-from rayalign.tracking import Tracker, start_tracking
 from rayalign.types import Experience, Prompt, Rollout, SamplingSettings
 
 
@@ -277,18 +275,6 @@ def build_models(job: RLJob, device):
 # ------------------------------------------------------------ checkpoints
 
 
-def save_checkpoint(learner, tokenizer, state: RLState, rank: int, metrics: dict) -> None:
-    """Every rank writes its part and reports it; Ray Train merges the parts into one folder."""
-    with tempfile.TemporaryDirectory(prefix="rayalign-rl-ckpt-") as tmp:
-        directory = Path(tmp)
-        learner.save_state(directory, rank)
-        learner.export(directory / "model", tokenizer, rank)
-        torch.save(rng_state(), directory / f"rng_rank{rank}.pt")
-        if rank == 0:
-            (directory / "state.json").write_text(json.dumps(asdict(state), indent=2))
-        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp), checkpoint_dir_name=f"step-{state.step:06d}")
-
-
 def restore(learner, job: RLJob, rank: int, world_size: int) -> RLState:
     """The state of this run's latest checkpoint (weights, optimizer, RNG), or a fresh start."""
     checkpoint = ray.train.get_checkpoint()
@@ -306,22 +292,11 @@ def restore(learner, job: RLJob, rank: int, world_size: int) -> RLState:
             raise ResumeError(
                 f"checkpoint {directory.name} was made by {state.world_size} learners; rl.num_workers is {world_size}"
             )
-        learner.load_state(directory, rank)
-        set_rng_state(torch.load(directory / f"rng_rank{rank}.pt", weights_only=False))
+        load_checkpoint_state(learner, directory, rank)
     return state
 
 
 # ------------------------------------------------------------ the loop
-
-
-@contextmanager
-def _tracker(job: RLJob, rank: int):
-    """Rank 0 logs; the others get a tracker that writes nowhere."""
-    tracker = start_tracking(job.cfg.tracking, "rl", to_dict(job.cfg), run_dir=job.run_dir) if rank == 0 else Tracker(None)
-    try:
-        yield tracker
-    finally:
-        tracker.finish()
 
 
 @contextmanager
@@ -350,15 +325,6 @@ class _Progress:
             prompts_seen=state.prompts_seen, policy_version=state.policy_version,
             completions_per_s=self.completions / max(self.seconds, 1e-9),
         )
-
-
-def _setup_worker(job: RLJob) -> tuple[int, int]:
-    torch.set_num_threads(job.cfg.model.threads)
-    os.environ.setdefault("DS_ACCELERATOR", "cuda" if job.use_gpu else "cpu")
-    if job.use_gpu:
-        torch.cuda.set_device(ray.train.torch.get_device())
-    context = ray.train.get_context()
-    return context.get_world_rank(), context.get_world_size()
 
 
 @dataclass(frozen=True)
@@ -418,7 +384,7 @@ def rl_loop(config: dict) -> None:
 
     job: RLJob = config["job"]
     r = job.cfg.rl
-    rank, world_size = _setup_worker(job)
+    rank, world_size = setup_worker(job.cfg.model.threads, job.use_gpu)
     policy, reference = build_models(job, ray.train.torch.get_device() if job.use_gpu else torch.device("cpu"))
     learner = build_learner(learner_settings(job, world_size), policy, world_size)
     state = restore(learner, job, rank, world_size)
@@ -430,7 +396,7 @@ def rl_loop(config: dict) -> None:
         client = JudgeClient(handle=serve.get_app_handle(job.judge_app), timeout_s=job.cfg.judge.timeout_s)
         rollouts = _Rollouts(job, client, ray.get(job.prompts))
     progress = _Progress(state.step)
-    with _tracker(job, rank) as tracker:
+    with rank0_tracker(job.cfg, "rl", job.run_dir, rank) as tracker:
         for step in range(state.step, r.steps):
             timings: dict[str, float] = {}
             prepared = None
@@ -455,7 +421,7 @@ def rl_loop(config: dict) -> None:
             progress.seconds += timings["step"]
             if state.step % r.checkpoint_every == 0 or state.step == r.steps:
                 began = time.perf_counter()
-                save_checkpoint(learner, tokenizer, state, rank, progress.report(state))
+                report_checkpoint(learner, tokenizer, asdict(state), state.step, rank, progress.report(state))
                 tracker.log({"timing/checkpoint": time.perf_counter() - began}, step=state.step)
     if rollouts is not None:
         rollouts.close()

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import ray
-from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, RunConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from rayalign.cluster import check_resource_plan, init_ray
@@ -28,6 +28,7 @@ from rayalign.config import Config
 from rayalign.errors import ConfigError
 from rayalign.generate import training_prompts
 from rayalign.judge.service import APP_NAME, JudgeSettings, start_judge
+from rayalign.learners import scaling_config
 from rayalign.models import load_tokenizer, resolve_model
 from rayalign.rl.loop import RLJob, rl_loop
 from rayalign.rollout.engine import EngineConfig
@@ -70,16 +71,6 @@ def check_rl_config(cfg: Config) -> None:
         )
     if r.gpus_per_worker > 1:
         raise ConfigError("one GPU per learner at most; add learners instead", field="rl.gpus_per_worker")
-
-
-def _scaling(cfg: Config) -> ScalingConfig:
-    r = cfg.rl
-    resources = {"CPU": r.cpus_per_worker}
-    if r.gpus_per_worker > 0:
-        resources["GPU"] = r.gpus_per_worker
-    if r.resource:
-        resources[r.resource] = 1
-    return ScalingConfig(num_workers=r.num_workers, use_gpu=r.gpus_per_worker > 0, resources_per_worker=resources)
 
 
 def prompts_fingerprint(prompt_ids: list[str]) -> str:
@@ -137,7 +128,7 @@ def _trainer(cfg: Config, job: RLJob, storage: Path) -> TorchTrainer:
     return TorchTrainer(
         rl_loop,
         train_loop_config={"job": job},
-        scaling_config=_scaling(cfg),
+        scaling_config=scaling_config(cfg.rl.num_workers, cfg.rl.cpus_per_worker, cfg.rl.gpus_per_worker, cfg.rl.resource),
         torch_config=TorchConfig(backend="nccl" if job.use_gpu else "gloo"),
         run_config=RunConfig(name=RUN_NAME, storage_path=str(storage), checkpoint_config=CheckpointConfig(num_to_keep=2)),
     )

@@ -23,10 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,16 +32,17 @@ import ray
 import ray.train
 import ray.train.torch
 import torch
-from ray.train import Checkpoint
 
-from rayalign.config import Config, to_dict
+from rayalign.config import Config
 from rayalign.learners import (
     LearnerSettings,
     ResumeError,
     build_learner,
     global_sum,
-    rng_state,
-    set_rng_state,
+    load_checkpoint_state,
+    rank0_tracker,
+    report_checkpoint,
+    setup_worker,
 )
 from rayalign.models import load_tokenizer, torch_dtype
 from rayalign.sft.data import (
@@ -57,7 +55,6 @@ from rayalign.sft.data import (
     prefer_flat,
     step_rows,
 )
-from rayalign.tracking import Tracker, start_tracking
 
 
 @dataclass(frozen=True)
@@ -160,20 +157,6 @@ def context_scale(model) -> float:
 # ------------------------------------------------------------ checkpoints
 
 
-def save_checkpoint(learner, tokenizer, state: TrainState, rank: int, metrics: dict) -> None:
-    """Every rank writes its part and reports it; Ray Train merges the parts into one folder."""
-    with tempfile.TemporaryDirectory(prefix="rayalign-sft-ckpt-") as tmp:
-        directory = Path(tmp)
-        learner.save_state(directory, rank)
-        learner.export(directory / "model", tokenizer, rank)
-        torch.save(rng_state(), directory / f"rng_rank{rank}.pt")
-        if rank == 0:
-            (directory / "state.json").write_text(json.dumps(asdict(state), indent=2))
-        ray.train.report(
-            metrics, checkpoint=Checkpoint.from_directory(tmp), checkpoint_dir_name=f"step-{state.step:06d}"
-        )
-
-
 def restore(learner, job: SFTJob, rank: int, world_size: int) -> TrainState:
     """The state of the latest checkpoint of this run (weights, optimizer, RNG), or a fresh start."""
     checkpoint = ray.train.get_checkpoint()
@@ -198,24 +181,11 @@ def restore(learner, job: SFTJob, rank: int, world_size: int) -> TrainState:
                 f"checkpoint {directory.name} was made by {state.world_size} workers; "
                 f"sft.num_workers is {world_size} (ZeRO optimizer shards cannot be re-split)"
             )
-        learner.load_state(directory, rank)
-        set_rng_state(torch.load(directory / f"rng_rank{rank}.pt", weights_only=False))
+        load_checkpoint_state(learner, directory, rank)
     return state
 
 
 # --------------------------------------------------------------- the loop
-
-
-@contextmanager
-def _tracker(job: SFTJob, rank: int):
-    """Rank 0 logs; the others get a tracker that writes nowhere."""
-    tracker = (
-        start_tracking(job.cfg.tracking, "sft", to_dict(job.cfg), run_dir=job.run_dir) if rank == 0 else Tracker(None)
-    )
-    try:
-        yield tracker
-    finally:
-        tracker.finish()
 
 
 def _step(learner, rows, job: SFTJob, step: int, rank: int, world_size: int, lr: float, ctx_scale: float) -> StepStats:
@@ -260,21 +230,11 @@ def _due(step: int, every: int, total: int) -> bool:
     return step % every == 0 or step == total
 
 
-def _setup_worker(job: SFTJob) -> tuple[int, int]:
-    """Threads and device for this worker; its (rank, world size)."""
-    torch.set_num_threads(job.cfg.model.threads)
-    os.environ.setdefault("DS_ACCELERATOR", "cuda" if job.use_gpu else "cpu")
-    if job.use_gpu:  # DeepSpeed takes the current CUDA device
-        torch.cuda.set_device(ray.train.torch.get_device())
-    context = ray.train.get_context()
-    return context.get_world_rank(), context.get_world_size()
-
-
 def train_loop(config: dict) -> None:
     """Ray Train's per-worker function: ``config = {"job": SFTJob}``."""
     job: SFTJob = config["job"]
     s = job.cfg.sft
-    rank, world_size = _setup_worker(job)
+    rank, world_size = setup_worker(job.cfg.model.threads, job.use_gpu)
     rows = ray.get(job.rows)
     model = build_model(job)
     ctx_scale = context_scale(model)
@@ -282,7 +242,7 @@ def train_loop(config: dict) -> None:
     state = restore(learner, job, rank, world_size)
     tokenizer = load_tokenizer(job.model_path) if rank == 0 else None
     progress = _Progress(state.step)
-    with _tracker(job, rank) as tracker:
+    with rank0_tracker(job.cfg, "sft", job.run_dir, rank) as tracker:
         tracker.summary({f"sft/data_{k}": v for k, v in asdict(job.data).items()})
         for step in range(state.step, job.total_steps):
             lr = s.lr * lr_factor(step, s.warmup_steps, job.total_steps)
@@ -295,7 +255,7 @@ def train_loop(config: dict) -> None:
                 tracker.log(_metrics(lr, stats, state, seconds), step=state.step)
             if _due(state.step, s.checkpoint_every, job.total_steps):
                 began = time.perf_counter()
-                save_checkpoint(learner, tokenizer, state, rank, progress.report(state))
+                report_checkpoint(learner, tokenizer, asdict(state), state.step, rank, progress.report(state))
                 tracker.log({"timing/checkpoint": time.perf_counter() - began}, step=state.step)
         if progress.losses:
             tracker.summary({"sft/final_loss": progress.losses[-1], "sft/steps": state.step,

@@ -20,12 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import ray
-from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, RunConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from rayalign.cluster import check_resource_plan, init_ray
 from rayalign.config import Config
 from rayalign.errors import ConfigError
+from rayalign.learners import scaling_config
 from rayalign.models import load_tokenizer, resolve_model
 from rayalign.sft.data import (
     SFTDataError,
@@ -67,16 +68,6 @@ def _check_config(cfg: Config) -> None:
                           field="sft.lora_rank")
     if s.gpus_per_worker > 1:
         raise ConfigError("one GPU per worker at most; add workers instead", field="sft.gpus_per_worker")
-
-
-def _scaling(cfg: Config) -> ScalingConfig:
-    s = cfg.sft
-    resources = {"CPU": s.cpus_per_worker}
-    if s.gpus_per_worker > 0:
-        resources["GPU"] = s.gpus_per_worker
-    if s.resource:
-        resources[s.resource] = 1
-    return ScalingConfig(num_workers=s.num_workers, use_gpu=s.gpus_per_worker > 0, resources_per_worker=resources)
 
 
 def _total_steps(cfg: Config, num_rows: int) -> tuple[int, int]:
@@ -124,7 +115,7 @@ def run_sft(cfg: Config, examples_path: str | Path, output_dir: str | Path, *, r
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"job": job},
-        scaling_config=_scaling(cfg),
+        scaling_config=scaling_config(cfg.sft.num_workers, cfg.sft.cpus_per_worker, cfg.sft.gpus_per_worker, cfg.sft.resource),
         torch_config=TorchConfig(backend="nccl" if job.use_gpu else "gloo"),
         run_config=RunConfig(
             name=RUN_NAME,
