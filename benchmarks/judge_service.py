@@ -5,6 +5,7 @@ only ``judge.max_batch_size`` differs (N vs 1). For 1, 8 and 32 concurrent
 HTTP clients it prints requests/s and p50/p99 latency, and the ratio.
 
     python benchmarks/judge_service.py [--model builtin:tiny] [--requests 64] [--clients 1,8,32]
+    python benchmarks/judge_service.py --model builtin:smollm2-135m-instruct --max-model-len 6144 --clients 32 --requests 32
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=64)
     p.add_argument("--clients", default="1,8,32")
     p.add_argument("--max-batch", type=int, default=32)
+    p.add_argument("--max-model-len", type=int, default=16384, help="16384 for the tiny model's long token count; 6144 for SmolLM2")
     args = p.parse_args()
 
     from ray import serve
@@ -81,7 +83,7 @@ def main() -> None:
         cfg = load_config(REPO / "configs/quickstart.yaml", [
             f"--judge.model={args.model}", "--judge.k=1", f"--judge.max_batch_size={batch}", "--judge.batch_wait_s=0.02",
             "--judge.max_new_tokens=320", "--judge.timeout_s=600", "--judge.cpus_per_replica=1", "--judge.port=0",
-            "--model.max_model_len=16384", f"--judge.max_queued_requests={args.requests}", "--rollout.cpus_per_worker=0.5",
+            f"--model.max_model_len={args.max_model_len}", f"--judge.max_queued_requests={args.requests}", "--rollout.cpus_per_worker=0.5",
         ])
         init_ray(cfg.cluster)
         endpoint = start_judge(cfg)

@@ -209,9 +209,10 @@ def _check_micro_steps(micro_steps: Sequence[MicroStep], grad_accum: int) -> Non
 
 
 def _cpu_state(module) -> dict[str, torch.Tensor]:
-    # No copy on CPU: the object store copies once when the weights are put there.
+    # A copy even on CPU: DeepSpeed's parameters are views into one flat buffer,
+    # and pickling a view writes its whole storage (hundreds of times over).
     # (LoRA would need merge_and_unload first; RL trains full weights.)
-    return {k: v.detach().cpu() for k, v in module.state_dict().items()}
+    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
 
 
 # ------------------------------------------------------------ RNG state
