@@ -375,7 +375,7 @@ class _Rollouts:
 
     def close(self) -> None:
         if self.executor is not None:
-            self.executor.shutdown(wait=True, cancel_futures=True)
+            self.executor.shutdown(wait=False, cancel_futures=True)
 
 
 def rl_loop(config: dict) -> None:
@@ -396,35 +396,43 @@ def rl_loop(config: dict) -> None:
         client = JudgeClient(handle=serve.get_app_handle(job.judge_app), timeout_s=job.cfg.judge.timeout_s)
         rollouts = _Rollouts(job, client, ray.get(job.prompts))
     progress = _Progress(state.step)
-    with rank0_tracker(job.cfg, "rl", job.run_dir, rank) as tracker:
-        for step in range(state.step, r.steps):
-            timings: dict[str, float] = {}
-            prepared = None
-            with _timed(timings, "step"):
+    try:
+        with rank0_tracker(job.cfg, "rl", job.run_dir, rank) as tracker:
+            for step in range(state.step, r.steps):
+                timings: dict[str, float] = {}
+                with _timed(timings, "step"):
+                    prepared, experiences, stats = _step(job, step, state, rollouts, learner, reference, rank, world_size, timings)
+                staleness = state.policy_version - min(e.policy_version for e in experiences)
+                state = dataclasses.replace(
+                    state, step=step + 1, policy_version=state.policy_version + 1,
+                    prompts_seen=state.prompts_seen + r.prompts_per_step, samples_seen=state.samples_seen + len(experiences),
+                )
                 if rank == 0:
-                    with _timed(timings, "wait_rollouts"):
-                        prepared = rollouts.get(step)
-                    rollouts.prefetch(step + 1)
-                experiences = share_experiences(prepared.experiences if prepared else None, rank, world_size)
-                with _timed(timings, "learn"):
-                    stats = learn(learner, reference, job, experiences, r.lr, rank, world_size)
-                with _timed(timings, "sync"):
-                    sync(learner, job, state.policy_version + 1, rank)
-            staleness = state.policy_version - min(e.policy_version for e in experiences)
-            state = dataclasses.replace(
-                state, step=step + 1, policy_version=state.policy_version + 1,
-                prompts_seen=state.prompts_seen + r.prompts_per_step, samples_seen=state.samples_seen + len(experiences),
-            )
-            if rank == 0:
-                _log_step(tracker, progress, prepared, stats, state, timings | prepared.timings, staleness, r)
-            progress.completions += len(experiences)
-            progress.seconds += timings["step"]
-            if state.step % r.checkpoint_every == 0 or state.step == r.steps:
-                began = time.perf_counter()
-                report_checkpoint(learner, tokenizer, asdict(state), state.step, rank, progress.report(state))
-                tracker.log({"timing/checkpoint": time.perf_counter() - began}, step=state.step)
-    if rollouts is not None:
-        rollouts.close()
+                    _log_step(tracker, progress, prepared, stats, state, timings | prepared.timings, staleness, r)
+                progress.completions += len(experiences)
+                progress.seconds += timings["step"]
+                if state.step % r.checkpoint_every == 0 or state.step == r.steps:
+                    began = time.perf_counter()
+                    report_checkpoint(learner, tokenizer, asdict(state), state.step, rank, progress.report(state))
+                    tracker.log({"timing/checkpoint": time.perf_counter() - began}, step=state.step)
+    finally:
+        if rollouts is not None:
+            rollouts.close()
+
+
+def _step(job: RLJob, step: int, state: RLState, rollouts, learner, reference, rank: int, world_size: int, timings):
+    """One step's phases on this rank: (rank 0's Prepared or None, the step's experiences, LearnStats)."""
+    prepared = None
+    if rank == 0:
+        with _timed(timings, "wait_rollouts"):
+            prepared = rollouts.get(step)
+        rollouts.prefetch(step + 1)
+    experiences = share_experiences(prepared.experiences if prepared else None, rank, world_size)
+    with _timed(timings, "learn"):
+        stats = learn(learner, reference, job, experiences, job.cfg.rl.lr, rank, world_size)
+    with _timed(timings, "sync"):
+        sync(learner, job, state.policy_version + 1, rank)
+    return prepared, experiences, stats
 
 
 def _log_step(tracker, progress, prepared: Prepared, stats: LearnStats, state: RLState, timings, staleness: int, r) -> None:
