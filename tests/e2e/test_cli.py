@@ -42,7 +42,7 @@ def test_spec_show_self_harm(repo):
 
 def test_typo_in_config_fails_before_ray_starts(repo, tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text((repo / "configs/quickstart.yaml").read_text().replace("  kl_coef", "  kl_coeff").replace("  group_size: 4", "  group_size: 4\n  kl_coeff: 0.1"))
+    bad.write_text((repo / "configs/quickstart.yaml").read_text().replace("  group_size: 4", "  group_size: 4\n  kl_coeff: 0.1"))
     start = time.perf_counter()
     result = rayalign("config", "validate", str(bad), cwd=repo)
     assert result.returncode == 2
