@@ -157,6 +157,12 @@ class JudgeConfig:
     """Per-request timeout; a late verdict is unscorable."""
     max_new_tokens: int = bounded(256, ge=16)
     """Verdict length cap."""
+    threads: int = bounded(0, ge=0)
+    """CPU threads of a local judge model; 0 = model.threads. Decoding a verdict over a
+    ~4K-token spec prompt is memory-bound: 2 threads judge ~1.8x faster than 1 on 2 cores."""
+    kv_cache_gib: float = bounded(0.0, ge=0.0)
+    """KV cache of a local judge model on CPU; 0 = rollout.kv_cache_gib. Bounds how many
+    spec-length judge prompts decode together (1 GiB holds ~23K SmolLM2 tokens in fp32)."""
     host: str = "127.0.0.1"
     """HTTP host of `rayalign judge serve`."""
     port: int = bounded(8000, ge=0, le=65535)

@@ -46,6 +46,7 @@ class TargetMetrics:
     """Off-format completions (a model that answers without reasoning counts)."""
     unscorable: int = 0
     seconds: float = 0.0
+    """Sampling seconds (sampler start, answers, scoring); judging is one shared pass."""
 
     def get(self, name: str) -> MetricResult | None:
         """The metric called ``name`` (e.g. ``not_unsafe/privacy``), or None."""
@@ -106,7 +107,7 @@ def render_markdown(results: Sequence[TargetMetrics], plots: Sequence[tuple[str,
         [r.name, r.model or "–", str(r.answers), str(r.malformed), str(r.unscorable), f"{r.seconds:.1f}"]
         for r in results
     ]
-    lines += _table(["target", "model", "answers", "off-format", "unscorable", "seconds"], runs, "llrrrr")
+    lines += _table(["target", "model", "answers", "off-format", "unscorable", "sampling s"], runs, "llrrrr")
     lines += ["", "## Summary", ""]
     summary = [[r.name, *(format_ci(r.get(metric)) for metric in OUTCOMES)] for r in results]
     lines += _table(["target", *OUTCOMES], summary)

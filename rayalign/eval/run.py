@@ -3,7 +3,9 @@
     benchmarks -> prompts (limit per benchmark, round-robin over categories)
     for each target (base, sft, rl, base+spec, ...):
         sampler pool -> greedy answers -> pool shut down (frees its CPUs)
-        -> string-match refusal + judge (reasoning hidden) -> ScoredAnswer
+    every target's answers -> judge (reasoning hidden), one pass, by category
+    for each target:
+        string-match refusal + verdict -> ScoredAnswer
         -> summarize (bootstrap CIs) -> answers/<target>.jsonl
     -> metrics.json, report.md + PNG plots
 
@@ -183,8 +185,8 @@ class PhaseTimes:
     start: float
     """Sampler actors up (engine built, weights loaded)."""
     generate: float
-    judge: float
     metrics: float
+    """Scoring, bootstrap and writing; judging is shared by all targets (EvalResult.judge_seconds)."""
 
 
 @dataclass(frozen=True)
@@ -209,6 +211,8 @@ class EvalResult:
     out_dir: str
     report_path: str
     seconds: float
+    judge_seconds: float
+    """One judging pass over every target's answers."""
     enforce_format: bool = False
     """Whether decoding was constrained to the think/answer format."""
 
@@ -318,7 +322,8 @@ def run_eval(
     """Evaluate every target on the benchmarks; write answers, metrics.json and report.md.
 
     Starts (or joins) Ray per ``cfg.cluster`` and the judge once; each target
-    gets its own sampler pool, shut down before the next one starts. Decoding
+    gets its own sampler pool, shut down before the next one starts; then the
+    judge scores every answer in one pass. Decoding
     is greedy and free unless ``enforce_format`` constrains every target to the
     think/answer format (as ``rollout.enforce_format`` does in training): off
     by default, since eval measures what a model writes on its own.
@@ -344,12 +349,16 @@ def run_eval(
     )
     context = _Context(cfg, spec, templates, settings, client, out, tracker, log)
     try:
-        results = [_evaluate_target(context, target, prompts) for target in targets]
+        sampled = [_sample_target(context, target, prompts) for target in targets]
+        verdicts, judge_s = _judge_all(context, sampled)
     finally:
         serve.delete(APP_NAME)
+    results = [_score_target(context, s, v) for s, v in zip(sampled, verdicts)]
     report = write_report([_report_row(r) for r in results], out, tracker=tracker)
     seconds = time.perf_counter() - start
-    result = EvalResult(tuple(results), tuple(names), len(prompts), str(out), str(report), seconds, enforce_format)
+    result = EvalResult(
+        tuple(results), tuple(names), len(prompts), str(out), str(report), seconds, judge_s, enforce_format
+    )
     (out / "metrics.json").write_text(json.dumps(to_dict(result), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     log(f"[eval] done in {result.seconds:.0f}s: {report}")
     return result
@@ -369,32 +378,66 @@ class _Context:
     log: Callable[[str], None]
 
 
-def _evaluate_target(ctx: _Context, target: EvalTarget, prompts: Sequence[Prompt]) -> TargetResult:
-    """One target, phase by phase: generate, judge, score; its answers written."""
+@dataclass(frozen=True)
+class _Sampled:
+    """One target's answers before judging."""
+
+    target: EvalTarget
+    prompts: tuple[Prompt, ...]
+    rollouts: tuple[Rollout, ...]
+    """In prompt order."""
+    completions: tuple[Completion, ...]
+    start_s: float
+    generate_s: float
+
+
+def _sample_target(ctx: _Context, target: EvalTarget, prompts: Sequence[Prompt]) -> _Sampled:
+    """One target's greedy answers, split into reasoning and final answer."""
     rollouts, start_s, generate_s = _generate(ctx, target, prompts)
     by_id = {r.prompt_id: r for r in rollouts}
-    completions = [split_answer(by_id[p.id].text, by_id[p.id].finish_reason) for p in prompts]
+    ordered = tuple(by_id[p.id] for p in prompts)
+    completions = tuple(split_answer(r.text, r.finish_reason) for r in ordered)
     malformed = sum(c.malformed is not None for c in completions)
     ctx.log(f"[eval] {target.name}: sampler up in {start_s:.1f}s; {len(rollouts)} answers in {generate_s:.1f}s ({malformed} off-format)")
+    return _Sampled(target, tuple(prompts), ordered, completions, start_s, generate_s)
 
+
+def _judge_all(ctx: _Context, sampled: Sequence[_Sampled]) -> tuple[list[list[Verdict]], float]:
+    """Every target's answers judged in one pass: full dynamic batches, and
+    requests of one category adjacent so they share spec(category) in the
+    judge's prefix cache. The judge sees the original prompt (no spec) and the
+    answer only: reasoning hidden."""
     tick = time.perf_counter()
     requests = [
-        JudgeRequest(prompt=p, answer=c.answer, reasoning=None, request_id=f"{target.name}/{p.id}")
-        for p, c in zip(prompts, completions)
-    ]  # the original prompt (no spec), the answer only: reasoning hidden
-    verdicts = asyncio.run(ctx.client.score(requests))
+        JudgeRequest(prompt=p, answer=c.answer, reasoning=None, request_id=f"{s.target.name}/{p.id}")
+        for s in sampled
+        for p, c in zip(s.prompts, s.completions)
+    ]
+    order = sorted(range(len(requests)), key=lambda i: (requests[i].prompt.category or "", i))
+    judged = asyncio.run(ctx.client.score([requests[i] for i in order]))
+    by_index = dict(zip(order, judged))
+    flat = [by_index[i] for i in range(len(requests))]
     judge_s = time.perf_counter() - tick
-    unscorable = sum(v.status != "ok" for v in verdicts)
-    ctx.log(f"[eval] {target.name}: judged in {judge_s:.1f}s ({unscorable} unscorable)")
+    unscorable = sum(v.status != "ok" for v in flat)
+    ctx.log(f"[eval] judged {len(flat)} answers of {len(sampled)} targets in {judge_s:.1f}s ({unscorable} unscorable)")
+    verdicts, at = [], 0
+    for s in sampled:
+        verdicts.append(flat[at : at + len(s.prompts)])
+        at += len(s.prompts)
+    return verdicts, judge_s
 
+
+def _score_target(ctx: _Context, sampled: _Sampled, verdicts: Sequence[Verdict]) -> TargetResult:
+    """One target's metrics (bootstrap CIs) and answers file."""
     tick = time.perf_counter()
+    target, prompts, completions = sampled.target, sampled.prompts, sampled.completions
     rule_ids = ctx.spec.rule_ids()
     scored = [score_answer(p, c, v, rule_ids) for p, c, v in zip(prompts, completions, verdicts)]
     metrics = tuple(summarize(scored, samples=ctx.cfg.eval.bootstrap_samples, seed=ctx.cfg.rollout.seed))
     answers = [
         EvalAnswer(target.name, p.id, p.source, p.category, p.expected, c.reasoning, c.answer, c.malformed,
-                   by_id[p.id].finish_reason, len(by_id[p.id].prompt_token_ids), s.refused, s.cited_rules, v)
-        for p, c, s, v in zip(prompts, completions, scored, verdicts)
+                   r.finish_reason, len(r.prompt_token_ids), s.refused, s.cited_rules, v)
+        for p, c, r, s, v in zip(prompts, completions, sampled.rollouts, scored, verdicts)
     ]  # fmt: skip
     path = ctx.out / "answers" / f"{_file_name(target.name)}.jsonl"
     write_atomic(path, [to_json(a) for a in answers])
@@ -403,7 +446,9 @@ def _evaluate_target(ctx: _Context, target: EvalTarget, prompts: Sequence[Prompt
     metrics_s = time.perf_counter() - tick
     headline = ", ".join(f"{m.name} {m.value:.2f}" for m in metrics if "/" not in m.name)
     ctx.log(f"[eval] {target.name}: {headline or 'no metric'} (metrics in {metrics_s:.1f}s)")
-    times = PhaseTimes(start_s, generate_s, judge_s, metrics_s)
+    malformed = sum(c.malformed is not None for c in completions)
+    unscorable = sum(v.status != "ok" for v in verdicts)
+    times = PhaseTimes(sampled.start_s, sampled.generate_s, metrics_s)
     return TargetResult(target, metrics, str(path), len(answers), malformed, unscorable, times)
 
 

@@ -60,9 +60,9 @@ class JudgeSettings:
             backend=j.engine,
             dtype=cfg.model.dtype,
             max_model_len=cfg.model.max_model_len,
-            threads=cfg.model.threads,
+            threads=j.threads or cfg.model.threads,
             device="cuda" if j.gpus_per_replica > 0 else "cpu",
-            kv_cache_gib=cfg.rollout.kv_cache_gib,
+            kv_cache_gib=j.kv_cache_gib or cfg.rollout.kv_cache_gib,
             gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
         )
         return cls(

@@ -58,7 +58,7 @@ def test_eval_writes_answers_metrics_and_a_report_per_target(eval_run):
         rows = answers[t.target.name]
         assert len({r["prompt_id"] for r in rows}) == 2 * LIMIT == t.answers  # every prompt answered once
         assert all(r["verdict"]["status"] == "ok" for r in rows) and t.unscorable == 0
-        assert t.times.start > 0 and t.times.generate > 0
+        assert t.times.start > 0 and t.times.generate > 0 and result.judge_seconds > 0
         assert all(r["answer"] == "" and r["malformed"] == "truncated" for r in rows) and t.malformed == 2 * LIMIT
         assert all(r["refusal"] and r["verdict"]["compliant"] == (r["expected"] == "comply") for r in rows)
         metrics = {m.name: m for m in t.metrics}
@@ -84,4 +84,4 @@ def test_eval_writes_answers_metrics_and_a_report_per_target(eval_run):
     assert [t["target"]["name"] for t in saved["targets"]] == ["base", "base+spec"]
     assert {"value", "low", "high", "n"} <= set(saved["targets"][0]["metrics"][0])
     assert saved["enforce_format"] is False
-    assert any("base+spec: judged in" in line for line in logs)
+    assert any(line.startswith("[eval] judged 24 answers of 2 targets in") for line in logs)
