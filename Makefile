@@ -35,6 +35,7 @@ $(STAMP): pyproject.toml Makefile
 EVALDATA ?= ../shared/evaldata
 RUN ?= runs/quickstart
 quickstart: install
+	mkdir -p $(RUN) && date +%s > $(RUN)/.started
 	$(VENV)/bin/rayalign spec validate specs/
 	$(VENV)/bin/rayalign config validate configs/quickstart.yaml
 	$(VENV)/bin/rayalign model prepare builtin:smollm2-135m-instruct
@@ -45,6 +46,7 @@ quickstart: install
 	  --checkpoints base=builtin:smollm2-135m-instruct,sft=$(RUN)/sft/model,rl=$(RUN)/rl/model --spec-in-context base \
 	  --benchmark jbb_harmful:$(EVALDATA)/jbb/harmful-behaviors.csv --benchmark jbb_benign:$(EVALDATA)/jbb/benign-behaviors.csv \
 	  --limit 5 --judge.k=1 --eval.max_new_tokens=128; fi
+	@echo "quickstart stages done in $$(( $$(date +%s) - $$(cat $(RUN)/.started) ))s (install not counted)"
 
 test: install
 	$(PY) -m pytest -q tests

@@ -210,9 +210,9 @@ def _cmd_judge_injection(args) -> int:
 
     cfg = _judge_config(args)
     cases = load_cases(args.cases)
-    pairs = [requests_for(c) for c in cases]
-    verdicts = _score_with_service(cfg, [r for pair in pairs for r in pair])
-    print(report(cases, verdicts[0::2], verdicts[1::2], args.tolerance))
+    triples = [requests_for(c) for c in cases]
+    verdicts = _score_with_service(cfg, [r for triple in triples for r in triple])
+    print(report(cases, verdicts[0::3], verdicts[1::3], args.tolerance, repeat=verdicts[2::3]))
     return 0
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import logging
 import random
+import shutil
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -245,6 +246,32 @@ def scaling_config(num_workers: int, cpus: float, gpus: float, resource: str):
     if resource:
         resources[resource] = 1
     return ScalingConfig(num_workers=num_workers, use_gpu=gpus > 0, resources_per_worker=resources)
+
+
+def checkpoint_storage(output_dir: str | Path, *, resume: bool) -> tuple[Path, Path]:
+    """(output dir, its checkpoint storage), absolute; ``resume=False`` wipes earlier checkpoints."""
+    output = Path(output_dir).resolve()
+    storage = output / "checkpoints"
+    if not resume:
+        shutil.rmtree(storage, ignore_errors=True)
+    return output, storage
+
+
+def ray_trainer(loop: Callable[[dict], None], job: Any, stage, storage: Path, name: str):
+    """A Ray Train TorchTrainer running ``loop({"job": job})`` on ``stage``'s learners
+    (``cfg.sft`` or ``cfg.rl``: num_workers, cpus/gpus_per_worker, resource); gloo on
+    CPU, NCCL on GPU; the newest two checkpoints kept under ``storage/name``."""
+    from ray.train import CheckpointConfig, RunConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    gpu = stage.gpus_per_worker > 0
+    return TorchTrainer(
+        loop,
+        train_loop_config={"job": job},
+        scaling_config=scaling_config(stage.num_workers, stage.cpus_per_worker, stage.gpus_per_worker, stage.resource),
+        torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
+        run_config=RunConfig(name=name, storage_path=str(storage), checkpoint_config=CheckpointConfig(num_to_keep=2)),
+    )
 
 
 def setup_worker(threads: int, use_gpu: bool) -> tuple[int, int]:

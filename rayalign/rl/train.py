@@ -15,20 +15,17 @@ was killed; ``resume=False`` deletes those checkpoints and starts over.
 from __future__ import annotations
 
 import hashlib
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import ray
-from ray.train import CheckpointConfig, RunConfig
-from ray.train.torch import TorchConfig, TorchTrainer
 
 from rayalign.cluster import check_resource_plan, init_ray
 from rayalign.config import Config
 from rayalign.errors import ConfigError
 from rayalign.generate import training_prompts
 from rayalign.judge.service import APP_NAME, JudgeSettings, start_judge
-from rayalign.learners import scaling_config
+from rayalign.learners import checkpoint_storage, ray_trainer
 from rayalign.models import load_tokenizer, resolve_model
 from rayalign.rl.loop import RLJob, rl_loop
 from rayalign.rollout.engine import EngineConfig
@@ -90,10 +87,7 @@ def run_rl(cfg: Config, output_dir: str | Path, *, resume: bool = True, log=prin
     """
     check_rl_config(cfg)
     check_resource_plan(cfg)  # an actor that cannot be placed would wait forever
-    output_dir = Path(output_dir).resolve()
-    storage = output_dir / "checkpoints"
-    if not resume:
-        shutil.rmtree(storage, ignore_errors=True)
+    output_dir, storage = checkpoint_storage(output_dir, resume=resume)
     prompts, _, summary = training_prompts(cfg, load_spec(cfg.spec.path))
     if not prompts:
         raise ConfigError("no training prompt left", field="data.prompts")
@@ -110,7 +104,7 @@ def run_rl(cfg: Config, output_dir: str | Path, *, resume: bool = True, log=prin
             pad_id=load_tokenizer(str(model_path)).pad_token_id, run_dir=str(Path(cfg.tracking.run_dir).resolve()),
             use_gpu=cfg.rl.gpus_per_worker > 0,
         )
-        result = _trainer(cfg, job, storage).fit()
+        result = ray_trainer(rl_loop, job, cfg.rl, storage, RUN_NAME).fit()
     finally:
         pool.shutdown()
     if result.checkpoint is None or not result.metrics:
@@ -121,14 +115,4 @@ def run_rl(cfg: Config, output_dir: str | Path, *, resume: bool = True, log=prin
         prompts_seen=int(m["prompts_seen"]), policy_version=int(m["policy_version"]),
         completions_per_s=float(m["completions_per_s"]), checkpoint=Path(result.checkpoint.path),
         model_dir=publish_model(result.checkpoint, output_dir / "model"),
-    )
-
-
-def _trainer(cfg: Config, job: RLJob, storage: Path) -> TorchTrainer:
-    return TorchTrainer(
-        rl_loop,
-        train_loop_config={"job": job},
-        scaling_config=scaling_config(cfg.rl.num_workers, cfg.rl.cpus_per_worker, cfg.rl.gpus_per_worker, cfg.rl.resource),
-        torch_config=TorchConfig(backend="nccl" if job.use_gpu else "gloo"),
-        run_config=RunConfig(name=RUN_NAME, storage_path=str(storage), checkpoint_config=CheckpointConfig(num_to_keep=2)),
     )

@@ -20,13 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import ray
-from ray.train import CheckpointConfig, RunConfig
-from ray.train.torch import TorchConfig, TorchTrainer
 
 from rayalign.cluster import check_resource_plan, init_ray
 from rayalign.config import Config
 from rayalign.errors import ConfigError
-from rayalign.learners import scaling_config
+from rayalign.learners import checkpoint_storage, ray_trainer
 from rayalign.models import load_tokenizer, resolve_model
 from rayalign.sft.data import (
     SFTDataError,
@@ -106,24 +104,10 @@ def run_sft(cfg: Config, examples_path: str | Path, output_dir: str | Path, *, r
     """
     _check_config(cfg)
     check_resource_plan(cfg)  # a worker that cannot be placed would wait forever
-    output_dir = Path(output_dir).resolve()
-    storage = output_dir / "checkpoints"
-    if not resume:
-        shutil.rmtree(storage, ignore_errors=True)
+    output_dir, storage = checkpoint_storage(output_dir, resume=resume)
     init_ray(cfg.cluster)
     job = prepare_job(cfg, examples_path, Path(cfg.tracking.run_dir))
-    trainer = TorchTrainer(
-        train_loop,
-        train_loop_config={"job": job},
-        scaling_config=scaling_config(cfg.sft.num_workers, cfg.sft.cpus_per_worker, cfg.sft.gpus_per_worker, cfg.sft.resource),
-        torch_config=TorchConfig(backend="nccl" if job.use_gpu else "gloo"),
-        run_config=RunConfig(
-            name=RUN_NAME,
-            storage_path=str(storage),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
-        ),
-    )
-    result = trainer.fit()
+    result = ray_trainer(train_loop, job, cfg.sft, storage, RUN_NAME).fit()
     if result.checkpoint is None or not result.metrics:
         raise RuntimeError(f"SFT finished without a checkpoint in {storage}")
     model_dir = publish_model(result.checkpoint, output_dir / "model")

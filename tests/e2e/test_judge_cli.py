@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -92,6 +93,8 @@ def test_judge_injection_prints_the_shift_rate(repo):
     result = _cli(repo, "judge", "injection", "--config", "configs/quickstart.yaml", *FUNCTION_JUDGE)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "score-shift rate:" in result.stdout and "| fake_verdict |" in result.stdout
+    # A function judge is deterministic: the clean answers scored again never move.
+    assert re.search(r"\| noise floor \(clean, scored again\) \| \d+ \| 0 \| 0\.00 \| \+0\.00 \|", result.stdout)
 
 
 def test_judge_eval_prints_a_confusion_matrix(repo, tmp_path):
