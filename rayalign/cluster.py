@@ -68,6 +68,25 @@ def _check_single_actors(cfg: Config, origins: dict) -> None:
         _fail("tensor parallelism needs GPUs: set rollout.gpus_per_worker", "rollout.tensor_parallel_size", origins)
 
 
+def _check_learners(cfg: Config, origins: dict) -> None:
+    """Learner layouts that cannot run: an RL batch that does not split over the
+    learners' micro-batches, several GPUs per learner, LoRA under ZeRO-3."""
+    s, r = cfg.sft, cfg.rl
+    batch = r.prompts_per_step * r.group_size
+    if batch % (r.num_workers * r.micro_batch_size):
+        _fail(
+            f"rl.prompts_per_step x rl.group_size = {batch} completions per step must split evenly over "
+            f"rl.num_workers ({r.num_workers}) x rl.micro_batch_size ({r.micro_batch_size})",
+            "rl.micro_batch_size",
+            origins,
+        )
+    for section in ("sft", "rl"):
+        if getattr(cfg, section).gpus_per_worker > 1:
+            _fail("one GPU per learner at most; add learners instead", f"{section}.gpus_per_worker", origins)
+    if s.lora_rank > 0 and s.strategy == "deepspeed" and s.zero_stage == 3:
+        _fail("LoRA with ZeRO-3 is not supported; use sft.zero_stage <= 2 or sft.lora_rank=0", "sft.lora_rank", origins)
+
+
 def _check_totals(stage: str, demands: list[Demand], cfg: Config, origins: dict) -> None:
     c = cfg.cluster
     for kind, have, key in (("CPUs", c.num_cpus, "cluster.num_cpus"), ("GPUs", c.num_gpus, "cluster.num_gpus")):
@@ -97,12 +116,14 @@ def _check_totals(stage: str, demands: list[Demand], cfg: Config, origins: dict)
 
 
 def check_resource_plan(cfg: Config, origins: dict | None = None) -> None:
-    """Refuse a config whose stages cannot all be placed on the cluster.
+    """Refuse a config whose stages cannot all be placed on the cluster, or
+    whose learners cannot be laid out as asked.
 
     >>> check_resource_plan(Config())  # the defaults fit 2 CPUs
     """
     origins = origins or {}
     _check_single_actors(cfg, origins)
+    _check_learners(cfg, origins)
     for stage, demands in stage_demands(cfg).items():
         _check_totals(stage, demands, cfg, origins)
 

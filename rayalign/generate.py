@@ -193,10 +193,10 @@ def run_generate(cfg, *, log=print) -> GenerateResult:
     out = stage_dir(cfg)
     write_atomic(out / "prompts_eval.jsonl", [to_json(p) for p in held])
     log(f"[generate] prompts: {prompt_summary}; training on {len(train)}")
-    classify = cfg.data.classify and any(_unlabelled(p) for p in train)
+    classify = needs_categories(cfg, train)
     if classify:
         _start_judge(cfg)
-        train = order_for_prefix_cache(assign_categories(cfg, train, log))
+        train = categorise(cfg, train, log)
     write_atomic(out / "prompts_train.jsonl", [to_json(p) for p in train])
     size = cfg.data.shard_size
     shards = [train[i : i + size] for i in range(0, len(train), size)]
@@ -223,6 +223,20 @@ def _unlabelled(prompt: Prompt) -> bool:
     return prompt.category is None and prompt.expected is None
 
 
+def needs_categories(cfg, prompts: Sequence[Prompt]) -> bool:
+    """Whether :func:`categorise` would ask the judge about (or reuse answers for) any prompt."""
+    return cfg.data.classify and any(_unlabelled(p) for p in prompts)
+
+
+def categorise(cfg, prompts: Sequence[Prompt], log=print) -> list[Prompt]:
+    """``prompts`` with the judge's categories for unlabelled ones (``data.classify``),
+    in prefix-cache order. Stages 1 and 2 share the answers saved by stage 1; the
+    Serve judge must be up when some prompt has no saved answer yet."""
+    if not needs_categories(cfg, prompts):
+        return list(prompts)
+    return order_for_prefix_cache(assign_categories(cfg, prompts, log))
+
+
 def assign_categories(cfg, prompts: Sequence[Prompt], log=print) -> list[Prompt]:
     """Unlabelled prompts (no category, no expected behaviour) get the judge
     model's category, or stay None when it answers none.
@@ -242,7 +256,7 @@ def assign_categories(cfg, prompts: Sequence[Prompt], log=print) -> list[Prompt]
         write_atomic(path, [to_json(c) for c in known.values()])
     asked = [known[p.id] for p in prompts if _unlabelled(p)]
     counts = collections.Counter(c.category or "none" if c.status == "ok" else "unscorable" for c in asked)
-    log(f"[generate] categories for {len(asked)} uncategorised prompts ({len(todo)} asked now): "
+    log(f"[categories] {len(asked)} uncategorised prompts ({len(todo)} asked now): "
         + ", ".join(f"{k} {n}" for k, n in sorted(counts.items())))
     return [
         dataclasses.replace(p, category=known[p.id].category) if _unlabelled(p) and known[p.id].status == "ok" else p

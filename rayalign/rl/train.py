@@ -23,7 +23,7 @@ import ray
 from rayalign.cluster import check_resource_plan, init_ray
 from rayalign.config import Config
 from rayalign.errors import ConfigError
-from rayalign.generate import training_prompts
+from rayalign.generate import categorise, training_prompts
 from rayalign.judge.service import APP_NAME, JudgeSettings, start_judge
 from rayalign.learners import checkpoint_storage, ray_trainer
 from rayalign.models import load_tokenizer, resolve_model
@@ -56,20 +56,6 @@ class RLResult:
     model_dir: Path
 
 
-def check_rl_config(cfg: Config) -> None:
-    """Refuse RL settings that cannot run, naming the key to change."""
-    r = cfg.rl
-    batch = r.prompts_per_step * r.group_size
-    if batch % (r.num_workers * r.micro_batch_size):
-        raise ConfigError(
-            f"rl.prompts_per_step x rl.group_size = {batch} completions per step must split evenly over "
-            f"rl.num_workers ({r.num_workers}) x rl.micro_batch_size ({r.micro_batch_size})",
-            field="rl.micro_batch_size",
-        )
-    if r.gpus_per_worker > 1:
-        raise ConfigError("one GPU per learner at most; add learners instead", field="rl.gpus_per_worker")
-
-
 def prompts_fingerprint(prompt_ids: list[str]) -> str:
     """>>> prompts_fingerprint(["a", "b"]) == prompts_fingerprint(["a", "b"]) != prompts_fingerprint(["b", "a"])
     True
@@ -85,7 +71,6 @@ def run_rl(cfg: Config, output_dir: str | Path, *, resume: bool = True, log=prin
     ``timing/<phase>``, ...) and sample tables go to the tracker in
     ``cfg.tracking.run_dir``.
     """
-    check_rl_config(cfg)
     check_resource_plan(cfg)  # an actor that cannot be placed would wait forever
     output_dir, storage = checkpoint_storage(output_dir, resume=resume)
     prompts, _, summary = training_prompts(cfg, load_spec(cfg.spec.path))
@@ -95,6 +80,7 @@ def run_rl(cfg: Config, output_dir: str | Path, *, resume: bool = True, log=prin
     log(f"[rl] prompts: {summary}; training on {len(prompts)}; policy starts from {model_path}")
     init_ray(cfg.cluster)
     start_judge(cfg, JudgeSettings.from_config(cfg), port=0)
+    prompts = categorise(cfg, prompts, log)  # stage 1's saved answers, or the judge's now
     pool = RolloutPool(EngineConfig.from_config(cfg, model=str(model_path)), PoolResources.from_config(cfg))
     try:
         pool.wait_ready()

@@ -23,7 +23,6 @@ import ray
 
 from rayalign.cluster import check_resource_plan, init_ray
 from rayalign.config import Config
-from rayalign.errors import ConfigError
 from rayalign.learners import checkpoint_storage, ray_trainer
 from rayalign.models import load_tokenizer, resolve_model
 from rayalign.sft.data import (
@@ -57,15 +56,6 @@ class SFTResult:
     """The latest checkpoint folder."""
     model_dir: Path
     """The final model in Hugging Face format."""
-
-
-def _check_config(cfg: Config) -> None:
-    s = cfg.sft
-    if s.lora_rank > 0 and s.strategy == "deepspeed" and s.zero_stage == 3:
-        raise ConfigError("LoRA with ZeRO-3 is not supported; use sft.zero_stage <= 2 or sft.lora_rank=0",
-                          field="sft.lora_rank")
-    if s.gpus_per_worker > 1:
-        raise ConfigError("one GPU per worker at most; add workers instead", field="sft.gpus_per_worker")
 
 
 def _total_steps(cfg: Config, num_rows: int) -> tuple[int, int]:
@@ -102,7 +92,6 @@ def run_sft(cfg: Config, examples_path: str | Path, output_dir: str | Path, *, r
     A call that finds training already complete trains nothing and returns
     the result of the call that completed it.
     """
-    _check_config(cfg)
     check_resource_plan(cfg)  # a worker that cannot be placed would wait forever
     output_dir, storage = checkpoint_storage(output_dir, resume=resume)
     init_ray(cfg.cluster)

@@ -152,6 +152,6 @@ def test_stage1_asks_the_judge_once_per_unlabelled_prompt(judge, repo, tmp_path)
     assert out == prompts  # a function judge cannot classify: u1 stays uncategorised, unscorable
     saved = categories_path(cfg).read_text().splitlines()
     assert len(saved) == 1 and '"prompt_id": "u1"' in saved[0] and '"unscorable"' in saved[0]
-    assert "categories for 1 uncategorised prompts (1 asked now): unscorable 1" in lines[0]
+    assert "[categories] 1 uncategorised prompts (1 asked now): unscorable 1" in lines[0]
     assign_categories(cfg, prompts, log=lines.append)  # a re-run reuses the saved answer
     assert "(0 asked now)" in lines[1]
