@@ -70,7 +70,8 @@ class DataConfig:
     shard_size: int = bounded(16, ge=1)
     """Prompts per stage-1 shard: the unit of resume and of atomic output files."""
     classify: bool = True
-    """Stage 1: the judge model gives unlabelled prompts (no category, no expected behaviour) a spec category or none."""
+    """The judge model gives unlabelled prompts (no category, no expected behaviour) a spec category or none;
+    stage 1 saves the answers and RL reuses them."""
     mix_in: str = ""
     """JSONL of SFTExample records with plain helpfulness data to mix into SFT."""
     mix_in_ratio: float = bounded(0.0, ge=0.0, le=10.0)
