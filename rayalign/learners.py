@@ -248,12 +248,16 @@ def scaling_config(num_workers: int, cpus: float, gpus: float, resource: str):
     return ScalingConfig(num_workers=num_workers, use_gpu=gpus > 0, resources_per_worker=resources)
 
 
-def checkpoint_storage(output_dir: str | Path, *, resume: bool) -> tuple[Path, Path]:
-    """(output dir, its checkpoint storage), absolute; ``resume=False`` wipes earlier checkpoints."""
+def checkpoint_storage(output_dir: str | Path, stage: str, run_dir: str | Path, *, resume: bool) -> tuple[Path, Path]:
+    """(output dir, its checkpoint storage), absolute. ``resume=False`` (a restart)
+    wipes the stage's earlier checkpoints and makes its next W&B run a new one."""
+    from rayalign.tracking import forget_run
+
     output = Path(output_dir).resolve()
     storage = output / "checkpoints"
     if not resume:
         shutil.rmtree(storage, ignore_errors=True)
+        forget_run(run_dir, stage)
     return output, storage
 
 
@@ -291,11 +295,12 @@ def setup_worker(threads: int, use_gpu: bool) -> tuple[int, int]:
 
 @contextmanager
 def rank0_tracker(cfg, stage: str, run_dir: str, rank: int):
-    """Rank 0 logs to the stage's tracker; the others get one that writes nowhere."""
+    """Rank 0 logs to the stage's tracker (a resumed stage continues its W&B run);
+    the others get one that writes nowhere."""
     from rayalign.config import to_dict
     from rayalign.tracking import Tracker, start_tracking
 
-    tracker = start_tracking(cfg.tracking, stage, to_dict(cfg), run_dir=run_dir) if rank == 0 else Tracker(None)
+    tracker = start_tracking(cfg.tracking, stage, to_dict(cfg), run_dir=run_dir, resume=True) if rank == 0 else Tracker(None)
     try:
         yield tracker
     finally:

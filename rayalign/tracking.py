@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import secrets
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -102,12 +103,22 @@ def wandb_mode(cfg: TrackingConfig) -> str:
 
 
 def start_tracking(
-    cfg: TrackingConfig, run_name: str, config_dict: Mapping[str, Any], *, run_dir: str | Path | None = None
+    cfg: TrackingConfig,
+    run_name: str,
+    config_dict: Mapping[str, Any],
+    *,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
 ) -> Tracker:
     """A tracker for one stage run, writing under ``run_dir`` (default ``cfg.run_dir``).
 
     W&B runs (offline or online) are written to ``<run_dir>/wandb/``; offline
     ones are uploaded later with ``wandb sync <run_dir>/wandb/offline-run-*``.
+    With ``resume``, every start of ``run_name`` in ``run_dir`` continues one
+    W&B run (its id is kept in ``<run_dir>/wandb/<run_name>.run-id``; offline
+    pieces of one id sync as one run, in order) until :func:`forget_run`.
+    W&B keeps the first value logged at a step: steps a killed run logged after
+    its last checkpoint keep their first values there (metrics.jsonl has both).
     """
     run_dir = Path(run_dir if run_dir is not None else cfg.run_dir)
     mode = wandb_mode(cfg)
@@ -119,6 +130,7 @@ def start_tracking(
     # WANDB_DIR and dir= both point W&B at the run directory; the env var also
     # reaches W&B's helper processes.
     os.environ["WANDB_DIR"] = str(run_dir.resolve())
+    same_run = {"id": _stable_run_id(run_dir, run_name), "resume": "allow"} if resume else {}
     run = wandb.init(
         project=cfg.project,
         name=run_name,
@@ -126,5 +138,25 @@ def start_tracking(
         dir=str(run_dir.resolve()),
         mode=mode,
         reinit="create_new",
+        **same_run,
     )
     return Tracker(run_dir, run)
+
+
+def run_id_path(run_dir: str | Path, run_name: str) -> Path:
+    return Path(run_dir) / "wandb" / f"{run_name}.run-id"
+
+
+def _stable_run_id(run_dir: Path, run_name: str) -> str:
+    path = run_id_path(run_dir, run_name)
+    if path.exists():
+        return path.read_text(encoding="utf-8").strip()
+    run_id = secrets.token_hex(4)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(run_id + "\n", encoding="utf-8")
+    return run_id
+
+
+def forget_run(run_dir: str | Path, run_name: str) -> None:
+    """The next resumable start of ``run_name`` opens a new W&B run (a ``--restart``)."""
+    run_id_path(run_dir, run_name).unlink(missing_ok=True)

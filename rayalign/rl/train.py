@@ -72,7 +72,7 @@ def run_rl(cfg: Config, output_dir: str | Path, *, resume: bool = True, log=prin
     ``cfg.tracking.run_dir``.
     """
     check_resource_plan(cfg)  # an actor that cannot be placed would wait forever
-    output_dir, storage = checkpoint_storage(output_dir, resume=resume)
+    output_dir, storage = checkpoint_storage(output_dir, "rl", cfg.tracking.run_dir, resume=resume)
     prompts, _, summary = training_prompts(cfg, load_spec(cfg.spec.path))
     if not prompts:
         raise ConfigError("no training prompt left", field="data.prompts")

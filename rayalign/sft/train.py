@@ -93,7 +93,7 @@ def run_sft(cfg: Config, examples_path: str | Path, output_dir: str | Path, *, r
     the result of the call that completed it.
     """
     check_resource_plan(cfg)  # a worker that cannot be placed would wait forever
-    output_dir, storage = checkpoint_storage(output_dir, resume=resume)
+    output_dir, storage = checkpoint_storage(output_dir, "sft", cfg.tracking.run_dir, resume=resume)
     init_ray(cfg.cluster)
     job = prepare_job(cfg, examples_path, Path(cfg.tracking.run_dir))
     result = ray_trainer(train_loop, job, cfg.sft, storage, RUN_NAME).fit()

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from rayalign.config import TrackingConfig
-from rayalign.tracking import Tracker, start_tracking, wandb_mode
+from rayalign.tracking import Tracker, forget_run, run_id_path, start_tracking, wandb_mode
 
 
 def _lines(path):
@@ -58,3 +58,27 @@ def test_offline_mode_writes_an_offline_wandb_run_under_the_run_dir(tmp_path, mo
     assert len(runs) == 1
     assert list(runs[0].glob("*.wandb"))  # the run's event log, for `wandb sync`
     assert _lines(tmp_path / "metrics.jsonl")[0]["sft/loss"] == 2.5
+
+
+def test_a_resumed_stage_continues_its_wandb_run_until_forgotten(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DIR", "")
+    cfg = TrackingConfig(wandb_mode="offline", run_dir=str(tmp_path), project="rayalign-test")
+
+    def start(step):
+        tracker = start_tracking(cfg, "rl", {}, resume=True)
+        run_id = tracker.wandb_run.id
+        tracker.log({"rl/reward_mean": 0.5}, step=step)
+        tracker.finish()
+        return run_id
+
+    first, resumed = start(1), start(2)  # killed after step 1, resumed at step 2
+    assert first == resumed == run_id_path(tmp_path, "rl").read_text().strip()
+    assert list((tmp_path / "wandb").glob(f"offline-run-*-{first}"))  # pieces of one id: `wandb sync` joins them
+    forget_run(tmp_path, "rl")  # rayalign rl --restart
+    assert start(1) != first
+    eval_tracker = start_tracking(cfg, "eval", {})  # not resumable: a new run each time
+    assert eval_tracker.wandb_run.id != first and not run_id_path(tmp_path, "eval").exists()
+    eval_tracker.finish()
