@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import hashlib
 import json
 import re
 import time
@@ -68,6 +69,7 @@ from rayalign.types import (
     Rollout,
     SamplingSettings,
     Verdict,
+    from_dict,
     to_dict,
     to_json,
 )
@@ -392,14 +394,49 @@ class _Sampled:
 
 
 def _sample_target(ctx: _Context, target: EvalTarget, prompts: Sequence[Prompt]) -> _Sampled:
-    """One target's greedy answers, split into reasoning and final answer."""
-    rollouts, start_s, generate_s = _generate(ctx, target, prompts)
+    """One target's greedy answers, split into reasoning and final answer.
+
+    Answers are saved before judging (``answers/<target>.rollouts.json``), so a
+    run killed later, or run again, reuses them while the model files, the
+    prompts, the spec and the decoding settings are unchanged.
+    """
+    path = ctx.out / "answers" / f"{_file_name(target.name)}.rollouts.json"
+    key = sampling_fingerprint(target, prompts, ctx.settings, ctx.spec.hash)
+    rollouts = _saved_rollouts(path, key)
+    if rollouts is not None:
+        ctx.log(f"[eval] {target.name}: {len(rollouts)} answers reused from {path}")
+        start_s = generate_s = 0.0
+    else:
+        rollouts, start_s, generate_s = _generate(ctx, target, prompts)
+        write_atomic(path, [json.dumps({"fingerprint": key, "rollouts": [to_dict(r) for r in rollouts]})])
     by_id = {r.prompt_id: r for r in rollouts}
     ordered = tuple(by_id[p.id] for p in prompts)
     completions = tuple(split_answer(r.text, r.finish_reason) for r in ordered)
     malformed = sum(c.malformed is not None for c in completions)
-    ctx.log(f"[eval] {target.name}: sampler up in {start_s:.1f}s; {len(rollouts)} answers in {generate_s:.1f}s ({malformed} off-format)")
+    if generate_s:
+        ctx.log(f"[eval] {target.name}: sampler up in {start_s:.1f}s; {len(rollouts)} answers in {generate_s:.1f}s ({malformed} off-format)")
     return _Sampled(target, tuple(prompts), ordered, completions, start_s, generate_s)
+
+
+def sampling_fingerprint(target: EvalTarget, prompts: Sequence[Prompt], settings: SamplingSettings, spec_hash: str) -> str:
+    """What a target's answers depend on: the model source and its files (size,
+    mtime), the spec-in-context flag and spec, the prompts, the decoding."""
+    model = Path(_model_source(target.model))
+    files = [] if not model.exists() else [model] if model.is_file() else sorted(model.iterdir())
+    stamps = [f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files if f.is_file()]
+    payload = [target.model, stamps, target.spec_in_context, spec_hash, [p.id for p in prompts], to_dict(settings)]
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _saved_rollouts(path: Path, key: str) -> list[Rollout] | None:
+    """The rollouts saved at ``path`` for ``key``; None when absent, stale or unreadable."""
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        if saved["fingerprint"] != key:
+            return None
+        return [from_dict(Rollout, r) for r in saved["rollouts"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _judge_all(ctx: _Context, sampled: Sequence[_Sampled]) -> tuple[list[list[Verdict]], float]:

@@ -28,21 +28,29 @@ OVERRIDES = [
 LIMIT = 6
 
 
-@pytest.fixture()
-def eval_run(repo, tiny_model, tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def eval_run(repo, tiny_model, tmp_path_factory):
     if not JBB.is_dir():
         pytest.skip(f"{JBB} is missing")
-    monkeypatch.chdir(repo)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(repo)
+        return _run_twice(repo, tiny_model, tmp_path_factory.mktemp("eval"))
+
+
+def _run_twice(repo, tiny_model, tmp_path):
     cfg = load_config(repo / "configs/quickstart.yaml", OVERRIDES)
     targets = parse_checkpoints(f"base={tiny_model},base+spec")
     logs: list[str] = []
+    rerun_logs: list[str] = []
     try:
         result = run_eval(cfg, targets, BENCHMARKS, tmp_path / "eval", limit=LIMIT, log=lambda line: (logs.append(line), print(line)))
+        # Run again on the same directory, as after a kill while judging: the saved answers are reused.
+        rerun = run_eval(cfg, targets, BENCHMARKS, tmp_path / "eval", limit=LIMIT, log=rerun_logs.append)
     finally:
         if ray.is_initialized():
             serve.shutdown()
             ray.shutdown()
-    return result, tmp_path / "eval", logs
+    return result, tmp_path / "eval", logs, rerun, rerun_logs
 
 
 def _answers(path):
@@ -50,7 +58,7 @@ def _answers(path):
 
 
 def test_eval_writes_answers_metrics_and_a_report_per_target(eval_run):
-    result, out, logs = eval_run
+    result, out, logs, _, _ = eval_run
     assert [t.target.name for t in result.targets] == ["base", "base+spec"]
     assert result.benchmarks == ("jbb_harmful", "jbb_benign") and result.prompts == 2 * LIMIT
     answers = {t.target.name: _answers(t.answers_path) for t in result.targets}
@@ -85,3 +93,12 @@ def test_eval_writes_answers_metrics_and_a_report_per_target(eval_run):
     assert {"value", "low", "high", "n"} <= set(saved["targets"][0]["metrics"][0])
     assert saved["enforce_format"] is False
     assert any(line.startswith("[eval] judged 24 answers of 2 targets in") for line in logs)
+
+
+def test_a_second_run_reuses_the_saved_answers_and_judges_them_again(eval_run):
+    result, out, _, rerun, rerun_logs = eval_run
+    for first, again in zip(result.targets, rerun.targets):
+        assert again.times.start == again.times.generate == 0.0  # no sampler started
+        assert f"[eval] {again.target.name}: {2 * LIMIT} answers reused from" in "\n".join(rerun_logs)
+        assert again.metrics == first.metrics and _answers(again.answers_path) == _answers(first.answers_path)
+    assert (out / "answers" / "base+spec.rollouts.json").exists() and rerun.judge_seconds > 0
