@@ -136,7 +136,8 @@ def _cmd_rl(args) -> int:
 
 def _cmd_eval(args) -> int:
     from rayalign.config import load_config, to_dict
-    from rayalign.eval.run import add_spec_in_context, parse_checkpoints, run_eval
+    from rayalign.eval.run import run_eval
+    from rayalign.eval.targets import add_spec_in_context, parse_checkpoints
     from rayalign.tracking import start_tracking
 
     cfg = load_config(args.config, args.overrides)

@@ -14,7 +14,8 @@ import ray
 from ray import serve
 
 from rayalign.config import load_config
-from rayalign.eval.run import parse_checkpoints, run_eval
+from rayalign.eval.run import run_eval
+from rayalign.eval.targets import parse_checkpoints
 
 JBB = Path("/work/shared/evaldata/jbb")
 BENCHMARKS = [f"jbb_harmful:{JBB / 'harmful-behaviors.csv'}", f"jbb_benign:{JBB / 'benign-behaviors.csv'}"]

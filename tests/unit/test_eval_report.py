@@ -10,14 +10,8 @@ from rayalign.eval import report as report_module
 from rayalign.eval import run as run_module
 from rayalign.eval.metrics import MetricResult
 from rayalign.eval.report import TargetMetrics, format_ci, write_report
-from rayalign.eval.run import (
-    EvalTarget,
-    add_spec_in_context,
-    cited_rules,
-    parse_checkpoints,
-    score_answer,
-    split_answer,
-)
+from rayalign.eval.run import cited_rules, score_answer, split_answer
+from rayalign.eval.targets import EvalTarget, add_spec_in_context, parse_checkpoints
 from rayalign.types import Completion, Message, Prompt, Verdict
 
 
