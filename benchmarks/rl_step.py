@@ -71,8 +71,8 @@ def child_rayalign(args) -> dict:
 
 def _prompt_texts(args) -> list[str]:
     from rayalign.config import load_config
-    from rayalign.generate import training_prompts
     from rayalign.spec import load_spec
+    from rayalign.stage1.prompts import training_prompts
 
     cfg = load_config(None, _overrides(args, Path(tempfile.gettempdir())))
     prompts, _, _ = training_prompts(cfg, load_spec(cfg.spec.path))

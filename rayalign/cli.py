@@ -91,7 +91,7 @@ def _cmd_chat(args) -> int:
 
 def _cmd_generate(args) -> int:
     from rayalign.config import load_config
-    from rayalign.generate import run_generate
+    from rayalign.stage1.generate import run_generate
 
     result = run_generate(load_config(args.config, args.overrides))
     print(f"stage 1 done in {result.seconds:.0f}s: {result.kept} SFT examples from {result.prompts} prompts -> {result.examples_path}")
@@ -100,15 +100,15 @@ def _cmd_generate(args) -> int:
 
 def _cmd_sft(args) -> int:
     from rayalign.config import load_config
-    from rayalign.generate import stage_dir
+    from rayalign.runs import RunLayout
     from rayalign.sft.train import run_sft
 
     cfg = load_config(args.config, args.overrides)
-    data = args.data or str(stage_dir(cfg) / "sft.jsonl")
+    data = args.data or str(RunLayout.of(cfg).sft_data)
     if not Path(data).exists():
         raise RayalignError(f"no SFT data at {data}: run `rayalign generate {args.config}` first, or pass --data")
     start = time.perf_counter()
-    result = run_sft(cfg, data, Path(cfg.tracking.run_dir) / "sft", resume=not args.restart)
+    result = run_sft(cfg, data, RunLayout.of(cfg).stage("sft"), resume=not args.restart)
     print(
         f"SFT done in {time.perf_counter() - start:.0f}s: steps {result.start_step}->{result.steps}, "
         f"final loss {result.final_loss:.4f}, {result.tokens_per_s:.0f} tok/s -> {result.model_dir}"
@@ -119,12 +119,13 @@ def _cmd_sft(args) -> int:
 def _cmd_rl(args) -> int:
     from rayalign.config import load_config
     from rayalign.rl.train import run_rl
+    from rayalign.runs import RunLayout
 
     cfg = load_config(args.config, args.overrides)
     if cfg.rl.init and not Path(cfg.rl.init).exists() and ":" not in cfg.rl.init:
         raise RayalignError(f"rl.init: no model at {cfg.rl.init}: run `rayalign sft {args.config}` first, or point it elsewhere")
     start = time.perf_counter()
-    result = run_rl(cfg, Path(cfg.tracking.run_dir) / "rl", resume=not args.restart)
+    result = run_rl(cfg, RunLayout.of(cfg).stage("rl"), resume=not args.restart)
     rewards = " ".join(f"{x:.3f}" for x in result.rewards) or "none (already complete)"
     print(
         f"RL done in {time.perf_counter() - start:.0f}s: steps {result.start_step}->{result.steps}, "
@@ -138,12 +139,13 @@ def _cmd_eval(args) -> int:
     from rayalign.config import load_config, to_dict
     from rayalign.eval.run import run_eval
     from rayalign.eval.targets import add_spec_in_context, parse_checkpoints
+    from rayalign.runs import RunLayout
     from rayalign.tracking import start_tracking
 
     cfg = load_config(args.config, args.overrides)
     targets = parse_checkpoints(args.checkpoints or f"base={cfg.model.policy}")
     targets = add_spec_in_context(targets, [n.strip() for n in args.spec_in_context.split(",") if n.strip()])
-    out_dir = Path(args.out) if args.out else Path(cfg.tracking.run_dir) / "eval"
+    out_dir = Path(args.out) if args.out else RunLayout.of(cfg).eval
     tracker = start_tracking(cfg.tracking, "eval", to_dict(cfg), run_dir=out_dir)
     try:
         result = run_eval(
@@ -181,12 +183,11 @@ def _score_with_service(cfg, requests):
     import asyncio
 
     from rayalign.cluster import init_ray
-    from rayalign.judge.client import JudgeClient
-    from rayalign.judge.service import start_judge
+    from rayalign.judge.service import judge_session
 
     init_ray(cfg.cluster)
-    endpoint = start_judge(cfg, port=0)
-    return asyncio.run(JudgeClient(handle=endpoint.handle, timeout_s=cfg.judge.timeout_s).score(requests))
+    with judge_session(cfg) as client:
+        return asyncio.run(client.score(requests))
 
 
 def _cmd_judge_score(args) -> int:

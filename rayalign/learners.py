@@ -331,3 +331,15 @@ def load_checkpoint_state(learner: Learner, directory: Path, rank: int) -> None:
     """Weights, optimizer state and this rank's RNG state from a checkpoint folder."""
     learner.load_state(directory, rank)
     set_rng_state(torch.load(directory / f"rng_rank{rank}.pt", weights_only=False))
+
+
+def publish_model(checkpoint, destination: Path) -> Path:
+    """Copy the checkpoint's HF model to ``destination``, replacing an older one."""
+    with checkpoint.as_directory() as tmp:
+        source = Path(tmp) / "model"
+        staging = destination.with_name(destination.name + ".tmp")
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(source, staging)
+    shutil.rmtree(destination, ignore_errors=True)
+    staging.rename(destination)
+    return destination

@@ -14,22 +14,18 @@ them. A malformed row raises :class:`BenchmarkError` naming the file, the
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from rayalign._yaml import load_yaml
-from rayalign.errors import LocatedError
+from rayalign.datafiles import DataFileError, csv_rows, jsonl_rows, parse_messages
 from rayalign.types import BEHAVIORS, Behavior, Message, Prompt
 
-
-class BenchmarkError(LocatedError):
-    """A benchmark name, file or row that cannot be loaded."""
+BenchmarkError = DataFileError
+"""A benchmark name, file or row that cannot be loaded (the data-file error)."""
 
 
 # ------------------------------------------------ benchmark category -> spec category
@@ -153,50 +149,6 @@ def _norm(name: str) -> str:
 def _lookup(table: Mapping[str, str | None], name: str) -> str | None:
     normalized = {_norm(k): v for k, v in table.items()}
     return normalized.get(_norm(name))
-
-
-# ------------------------------------------------------------------ file reading
-
-
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8-sig")  # -sig: Excel-written CSVs start with a BOM
-    except OSError as e:
-        raise BenchmarkError(f"cannot read: {e.strerror}", file=str(path)) from None
-    except UnicodeDecodeError:
-        raise BenchmarkError("not UTF-8 text", file=str(path)) from None
-
-
-def csv_rows(path: Path, required: Sequence[str]) -> Iterator[tuple[int, dict[str, str]]]:
-    """Yield (line, row) with lower-cased column names; line is the row's first line."""
-    reader = csv.reader(io.StringIO(_read_text(path), newline=""))
-    fail = partial(BenchmarkError, file=str(path))
-    header = [h.strip().lower() for h in next(reader, [])]
-    for column in required:
-        if column not in header:
-            raise fail(f"missing column; the header has: {', '.join(header)}", line=1, field=column)
-    line = reader.line_num
-    for values in reader:
-        start, line = line + 1, reader.line_num  # a quoted field may span lines
-        if not any(v.strip() for v in values):
-            continue
-        if len(values) > len(header):
-            raise fail(f"{len(values)} fields but the header has {len(header)}", line=start)
-        yield start, dict(zip(header, values + [""] * (len(header) - len(values))))
-
-
-def jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    # split on \n only: JSON strings may hold raw U+2028, which splitlines() breaks on
-    for line, text in enumerate(_read_text(path).split("\n"), start=1):
-        if not text.strip():
-            continue
-        try:
-            record = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise BenchmarkError(f"invalid JSON: {e.msg}", file=str(path), line=line) from None
-        if not isinstance(record, dict):
-            raise BenchmarkError("expected a JSON object", file=str(path), line=line)
-        yield line, record
 
 
 def _text(value: Any, *, file: str, line: int | None, field: str) -> str:
@@ -420,23 +372,6 @@ def _add_record(
         return
     field = next((c for c in PROMPT_COLUMNS if c in record), "prompt")
     out.add(str(pid), record.get(field), line, category, expected, field)
-
-
-def parse_messages(value: Any, fail: Callable[..., BenchmarkError]) -> tuple[Message, ...]:
-    if not isinstance(value, list) or not value:
-        raise fail("must be a non-empty list", field="messages")
-    messages = []
-    for i, turn in enumerate(value):
-        where = f"messages[{i}]"
-        if not isinstance(turn, dict) or turn.get("role") not in ("system", "user", "assistant"):
-            raise fail("needs role system, user or assistant", field=where)
-        content = turn.get("content")
-        if not isinstance(content, str) or not content.strip():
-            raise fail("missing or empty", field=f"{where}.content")
-        messages.append(Message(turn["role"], content.strip()))
-    if messages[-1].role != "user":
-        raise fail("must end on a user turn", field="messages")
-    return tuple(messages)
 
 
 # ------------------------------------------------------------------ by name

@@ -37,28 +37,26 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ray import serve
-
 from rayalign.cluster import init_ray
 from rayalign.config import Config
+from rayalign.datafiles import write_atomic
 from rayalign.eval.loaders import load_benchmark
 from rayalign.eval.metrics import MetricResult, ScoredAnswer, expected_rules_for, summarize
 from rayalign.eval.refusal import is_refusal
 from rayalign.eval.report import TargetMetrics, write_report
 from rayalign.eval.targets import EvalError, EvalTarget
-from rayalign.generate import limit_prompts, write_atomic
 from rayalign.judge.client import JudgeClient
-from rayalign.judge.service import APP_NAME, start_judge
-from rayalign.prompts import (
+from rayalign.judge.service import judge_session
+from rayalign.rollout.engine import EngineConfig, sampling_settings
+from rayalign.rollout.format import THINK_CLOSE, THINK_OPEN, split_completion
+from rayalign.rollout.pool import PoolResources, RolloutPool
+from rayalign.spec import Spec, load_spec
+from rayalign.stage1.conditioning import (
     GenerationTemplates,
     generation_prompt,
     load_generation_templates,
-    order_for_prefix_cache,
 )
-from rayalign.rollout.engine import EngineConfig
-from rayalign.rollout.format import THINK_CLOSE, THINK_OPEN, format_regex, split_completion
-from rayalign.rollout.pool import PoolResources, RolloutPool
-from rayalign.spec import Spec, load_spec
+from rayalign.stage1.prompts import limit_prompts, order_for_prefix_cache
 from rayalign.tracking import Tracker
 from rayalign.types import (
     Behavior,
@@ -262,22 +260,14 @@ def run_eval(
     log(f"[eval] {len(prompts)} prompts from {', '.join(names)}; targets: {', '.join(t.name for t in targets)}")
     init_ray(cfg.cluster)
     tick = time.perf_counter()
-    endpoint = start_judge(cfg, port=0)
-    log(f"[eval] judge ({cfg.judge.backend}) up in {time.perf_counter() - tick:.1f}s")
-    client = JudgeClient(handle=endpoint.handle, timeout_s=cfg.judge.timeout_s)
-    settings = SamplingSettings(
-        n=1,
-        temperature=0.0,
-        max_new_tokens=cfg.eval.max_new_tokens,
-        seed=cfg.rollout.seed,
-        regex=format_regex(cfg.eval.max_new_tokens) if enforce_format else "",
+    settings = sampling_settings(
+        n=1, temperature=0.0, max_new_tokens=cfg.eval.max_new_tokens, seed=cfg.rollout.seed, enforce_format=enforce_format
     )
-    context = _Context(cfg, spec, templates, settings, client, out, tracker, log)
-    try:
+    with judge_session(cfg) as client:
+        log(f"[eval] judge ({cfg.judge.backend}) up in {time.perf_counter() - tick:.1f}s")
+        context = _Context(cfg, spec, templates, settings, client, out, tracker, log)
         sampled = [_sample_target(context, target, prompts) for target in targets]
         verdicts, judge_s = _judge_all(context, sampled)
-    finally:
-        serve.delete(APP_NAME)
     results = [_score_target(context, s, v) for s, v in zip(sampled, verdicts)]
     report = write_report([_report_row(r) for r in results], out, tracker=tracker)
     seconds = time.perf_counter() - start

@@ -105,23 +105,24 @@ class JudgeClient:
         from ray.serve.exceptions import BackPressureError
 
         try:
-            return await getattr(self.handle, call.method).remote(item)
+            return await call.remote(self.handle, item)
         except (RayActorError, BackPressureError) as e:
             raise _Retryable(f"{type(e).__name__}: {e}") from e
 
 
 @dataclass(frozen=True)
 class _Call:
-    """One service operation: its HTTP path, handle method, result type and failure value."""
+    """One service operation: its HTTP path, its handle call, result type and failure value."""
 
     path: str
-    method: str
+    remote: Callable
+    """(handle, item) -> the deployment method's response."""
     result: type
     failed: Callable
 
 
-_SCORE = _Call("/v1/judge", "score", Verdict, lambda r, why: unscorable(why, **_ids(r)))
-_CLASSIFY = _Call("/v1/classify", "classify", Classification, lambda p, why: Classification(p.id, "unscorable", None, why))
+_SCORE = _Call("/v1/judge", lambda h, r: h.score.remote(r), Verdict, lambda r, why: unscorable(why, **_ids(r)))
+_CLASSIFY = _Call("/v1/classify", lambda h, p: h.classify.remote(p), Classification, lambda p, why: Classification(p.id, "unscorable", None, why))
 
 
 def _ids(request: JudgeRequest) -> dict:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from fastapi import FastAPI, Header, HTTPException
@@ -24,6 +26,7 @@ from rayalign.judge.classify import (
     load_classify_template,
     render_classify_messages,
 )
+from rayalign.judge.client import JudgeClient
 from rayalign.judge.rubric import load_templates, unscorable, verdict_regex
 from rayalign.judge.scoring import ScoringPolicy, score_requests
 from rayalign.rollout.engine import EngineConfig
@@ -55,16 +58,7 @@ class JudgeSettings:
     @classmethod
     def from_config(cls, cfg) -> JudgeSettings:
         j = cfg.judge
-        engine = EngineConfig(
-            model=j.model or cfg.model.policy,
-            backend=j.engine,
-            dtype=cfg.model.dtype,
-            max_model_len=cfg.model.max_model_len,
-            threads=j.threads or cfg.model.threads,
-            device="cuda" if j.gpus_per_replica > 0 else "cpu",
-            kv_cache_gib=j.kv_cache_gib or cfg.rollout.kv_cache_gib,
-            gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
-        )
+        engine = EngineConfig.for_judge(cfg)
         return cls(
             spec_path=str(os.path.abspath(cfg.spec.path)),
             backend=j.backend,
@@ -260,6 +254,26 @@ def start_judge(cfg, settings: JudgeSettings | None = None, *, port: int | None 
     serve.start(http_options={"host": cfg.judge.host, "port": port}, logging_config={"enable_access_log": False})
     handle = serve.run(judge_app(cfg, settings), name=APP_NAME, route_prefix="/")
     return JudgeEndpoint(url=f"http://{cfg.judge.host}:{port}", handle=handle)
+
+
+@contextmanager
+def judge_session(cfg, settings: JudgeSettings | None = None, *, port: int = 0) -> Iterator[JudgeClient]:
+    """The one way a driver reaches the judge: deploy it on the running Ray
+    cluster, yield a client over its handle, and delete the app on exit.
+
+    Workers of the same driver (Ray Data tasks, RL learners) reach it with
+    :func:`connect_judge`.
+    """
+    endpoint = start_judge(cfg, settings, port=port)
+    try:
+        yield JudgeClient(handle=endpoint.handle, timeout_s=cfg.judge.timeout_s)
+    finally:
+        serve.delete(APP_NAME)
+
+
+def connect_judge(timeout_s: float) -> JudgeClient:
+    """A client for the judge that a driver's :func:`judge_session` started (from any worker)."""
+    return JudgeClient(handle=serve.get_app_handle(APP_NAME), timeout_s=timeout_s)
 
 
 def free_port() -> int:

@@ -44,6 +44,7 @@ import torch.distributed as dist
 
 from rayalign.config import Config
 from rayalign.judge.client import JudgeClient
+from rayalign.judge.service import connect_judge
 from rayalign.learners import (
     LearnerSettings,
     ResumeError,
@@ -92,8 +93,6 @@ class RLJob:
     """Hash of the prompt ids; a checkpoint made on other prompts is refused."""
     pool: Any
     """The RolloutPool of sampler actors (used by rank 0)."""
-    judge_app: str
-    """Serve application name of the judge."""
     pad_id: int
     run_dir: str
     use_gpu: bool
@@ -380,8 +379,6 @@ class _Rollouts:
 
 def rl_loop(config: dict) -> None:
     """Ray Train's per-worker function: ``config = {"job": RLJob}``."""
-    from ray import serve
-
     job: RLJob = config["job"]
     r = job.cfg.rl
     rank, world_size = setup_worker(job.cfg.model.threads, job.use_gpu)
@@ -393,7 +390,7 @@ def rl_loop(config: dict) -> None:
     tokenizer = load_tokenizer(job.model_path) if rank == 0 else None
     rollouts = None
     if rank == 0:
-        client = JudgeClient(handle=serve.get_app_handle(job.judge_app), timeout_s=job.cfg.judge.timeout_s)
+        client = connect_judge(job.cfg.judge.timeout_s)
         rollouts = _Rollouts(job, client, ray.get(job.prompts))
     progress = _Progress(state.step)
     try:

@@ -23,15 +23,15 @@ import ray
 from rayalign.cluster import check_resource_plan, init_ray
 from rayalign.config import Config
 from rayalign.errors import ConfigError
-from rayalign.generate import categorise, training_prompts
-from rayalign.judge.service import APP_NAME, JudgeSettings, start_judge
-from rayalign.learners import checkpoint_storage, ray_trainer
+from rayalign.judge.service import JudgeSettings, judge_session
+from rayalign.learners import checkpoint_storage, publish_model, ray_trainer
 from rayalign.models import load_tokenizer, resolve_model
 from rayalign.rl.loop import RLJob, rl_loop
 from rayalign.rollout.engine import EngineConfig
 from rayalign.rollout.pool import PoolResources, RolloutPool
-from rayalign.sft.train import publish_model
 from rayalign.spec import load_spec
+from rayalign.stage1.categories import categorise
+from rayalign.stage1.prompts import training_prompts
 
 RUN_NAME = "rl"
 
@@ -79,20 +79,9 @@ def run_rl(cfg: Config, output_dir: str | Path, *, resume: bool = True, log=prin
     model_path = Path(resolve_model(cfg.rl.init or cfg.model.policy)).resolve()
     log(f"[rl] prompts: {summary}; training on {len(prompts)}; policy starts from {model_path}")
     init_ray(cfg.cluster)
-    start_judge(cfg, JudgeSettings.from_config(cfg), port=0)
-    prompts = categorise(cfg, prompts, log)  # stage 1's saved answers, or the judge's now
-    pool = RolloutPool(EngineConfig.from_config(cfg, model=str(model_path)), PoolResources.from_config(cfg))
-    try:
-        pool.wait_ready()
-        job = RLJob(
-            cfg=cfg, model_path=str(model_path), prompts=ray.put(prompts),
-            fingerprint=prompts_fingerprint([p.id for p in prompts]), pool=pool, judge_app=APP_NAME,
-            pad_id=load_tokenizer(str(model_path)).pad_token_id, run_dir=str(Path(cfg.tracking.run_dir).resolve()),
-            use_gpu=cfg.rl.gpus_per_worker > 0,
-        )
-        result = ray_trainer(rl_loop, job, cfg.rl, storage, RUN_NAME).fit()
-    finally:
-        pool.shutdown()
+    with judge_session(cfg, JudgeSettings.from_config(cfg)) as client:
+        prompts = categorise(cfg, prompts, client, log)  # stage 1's saved answers, or the judge's now
+        result = _train(cfg, prompts, model_path, storage)
     if result.checkpoint is None or not result.metrics:
         raise RuntimeError(f"RL finished without a checkpoint in {storage}")
     m = result.metrics
@@ -102,3 +91,19 @@ def run_rl(cfg: Config, output_dir: str | Path, *, resume: bool = True, log=prin
         completions_per_s=float(m["completions_per_s"]), checkpoint=Path(result.checkpoint.path),
         model_dir=publish_model(result.checkpoint, output_dir / "model"),
     )
+
+
+def _train(cfg: Config, prompts, model_path: Path, storage):
+    """The Ray Train run, with a sampler pool that lives as long as it does."""
+    pool = RolloutPool(EngineConfig.from_config(cfg, model=str(model_path)), PoolResources.from_config(cfg))
+    try:
+        pool.wait_ready()
+        job = RLJob(
+            cfg=cfg, model_path=str(model_path), prompts=ray.put(prompts),
+            fingerprint=prompts_fingerprint([p.id for p in prompts]), pool=pool,
+            pad_id=load_tokenizer(str(model_path)).pad_token_id, run_dir=str(Path(cfg.tracking.run_dir).resolve()),
+            use_gpu=cfg.rl.gpus_per_worker > 0,
+        )
+        return ray_trainer(rl_loop, job, cfg.rl, storage, RUN_NAME).fit()
+    finally:
+        pool.shutdown()

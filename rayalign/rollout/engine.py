@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from rayalign.rollout.format import format_regex
 from rayalign.types import FinishReason, SamplingSettings
 
 
@@ -43,6 +44,40 @@ class EngineConfig:
             gpu_memory_utilization=r.gpu_memory_utilization,
             tensor_parallel_size=r.tensor_parallel_size,
         )
+
+
+    @classmethod
+    def for_judge(cls, cfg) -> EngineConfig:
+        """The local judge model's engine: ``judge.model`` (or the base policy) on the judge's threads and device."""
+        j = cfg.judge
+        return cls(
+            model=j.model or cfg.model.policy,
+            backend=j.engine,
+            dtype=cfg.model.dtype,
+            max_model_len=cfg.model.max_model_len,
+            threads=j.threads or cfg.model.threads,
+            device="cuda" if j.gpus_per_replica > 0 else "cpu",
+            kv_cache_gib=j.kv_cache_gib or cfg.rollout.kv_cache_gib,
+            gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
+        )
+
+
+def sampling_settings(
+    *, n: int, temperature: float, max_new_tokens: int, seed: int, enforce_format: bool, top_p: float = 1.0
+) -> SamplingSettings:
+    """How a stage samples its policy; ``enforce_format`` constrains output to the reasoning format.
+
+    >>> sampling_settings(n=2, temperature=0.0, max_new_tokens=8, seed=1, enforce_format=False).regex
+    ''
+    """
+    return SamplingSettings(
+        n=n,
+        temperature=temperature,
+        top_p=top_p,
+        max_new_tokens=max_new_tokens,
+        seed=seed,
+        regex=format_regex(max_new_tokens) if enforce_format else "",
+    )
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,6 @@ For a multi-node cluster, ``output_dir`` must be on storage every node sees.
 from __future__ import annotations
 
 import logging
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import ray
 
 from rayalign.cluster import check_resource_plan, init_ray
 from rayalign.config import Config
-from rayalign.learners import checkpoint_storage, ray_trainer
+from rayalign.learners import checkpoint_storage, publish_model, ray_trainer
 from rayalign.models import load_tokenizer, resolve_model
 from rayalign.sft.data import (
     SFTDataError,
@@ -105,15 +104,3 @@ def run_sft(cfg: Config, examples_path: str | Path, output_dir: str | Path, *, r
         steps=int(m["step"]), start_step=int(m["start_step"]), final_loss=float(m["loss"]), losses=tuple(m["losses"]),
         tokens_per_s=float(m["tokens_per_s"]), checkpoint=Path(result.checkpoint.path), model_dir=model_dir,
     )
-
-
-def publish_model(checkpoint, destination: Path) -> Path:
-    """Copy the checkpoint's HF model to ``destination``, replacing an older one."""
-    with checkpoint.as_directory() as tmp:
-        source = Path(tmp) / "model"
-        staging = destination.with_name(destination.name + ".tmp")
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.copytree(source, staging)
-    shutil.rmtree(destination, ignore_errors=True)
-    staging.rename(destination)
-    return destination

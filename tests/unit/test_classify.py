@@ -67,7 +67,8 @@ def test_template_errors_name_the_file(tmp_path):
 def test_stage_two_reuses_the_categories_stage_one_saved(repo, tmp_path):
     """RL categorises its prompts with stage 1's saved answers: no judge needed when all are saved."""
     from rayalign.config import load_config
-    from rayalign.generate import categories_path, categorise, needs_categories
+    from rayalign.runs import RunLayout
+    from rayalign.stage1.categories import categorise, needs_categories
     from rayalign.types import Classification, to_json
 
     cfg = load_config(repo / "configs/quickstart.yaml", [f"--tracking.run_dir={tmp_path}"])
@@ -76,13 +77,14 @@ def test_stage_two_reuses_the_categories_stage_one_saved(repo, tmp_path):
         Prompt("u2", (Message("user", "Write a haiku."),)),
         Prompt("b1", (Message("user", "Bake bread?"),), expected="comply"),  # labelled benign: never asked
     ]
-    categories_path(cfg).parent.mkdir(parents=True)
-    categories_path(cfg).write_text(
+    path = RunLayout.of(cfg).categories
+    path.parent.mkdir(parents=True)
+    path.write_text(
         to_json(Classification("u1", "ok", "illicit_behavior")) + "\n" + to_json(Classification("u2", "ok", None)) + "\n"
     )
     lines = []
-    out = {p.id: p.category for p in categorise(cfg, prompts, log=lines.append)}
+    out = {p.id: p.category for p in categorise(cfg, prompts, None, log=lines.append)}
     assert out == {"u1": "illicit_behavior", "u2": None, "b1": None}
     assert lines == ["[categories] 2 uncategorised prompts (0 asked now): illicit_behavior 1, none 1"]
     off = load_config(repo / "configs/quickstart.yaml", [f"--tracking.run_dir={tmp_path}", "--data.classify=false"])
-    assert not needs_categories(off, prompts) and categorise(off, prompts) == prompts
+    assert not needs_categories(off, prompts) and categorise(off, prompts, None) == prompts

@@ -13,25 +13,27 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from rayalign import prompts as prompts_module
 from rayalign.errors import LocatedError
 from rayalign.eval.loaders import BenchmarkError
-from rayalign.prompts import (
-    FieldMapping,
-    PromptReport,
+from rayalign.rollout.format import FORMAT_INSTRUCTIONS
+from rayalign.spec import load_spec, render_for
+from rayalign.stage1 import prompts as prompts_module
+from rayalign.stage1.conditioning import (
     PromptTemplateError,
-    decontaminate,
-    dedupe,
     generation_prompt,
     load_generation_templates,
+)
+from rayalign.stage1.prompts import (
+    FieldMapping,
+    PromptReport,
+    decontaminate,
+    dedupe,
     normalize,
     order_for_prefix_cache,
     prepare_prompts,
     read_prompts,
     split,
 )
-from rayalign.rollout.format import FORMAT_INSTRUCTIONS
-from rayalign.spec import load_spec, render_for
 from rayalign.types import BEHAVIORS, Message, Prompt
 
 REPO = Path(__file__).resolve().parents[2]

@@ -1,21 +1,16 @@
-"""The prompt stage: read prompt sets, dedupe, decontaminate, split, render generation prompts.
+"""The prompt stage: read prompt sets, dedupe, decontaminate, split.
 
     sources -> read_prompts -> dedupe -> decontaminate -> split -> (train, eval)
-    train prompt -> generation_prompt(spec, templates, prompt) -> what the base model sees
 
 A source is ``builtin:quickstart`` (the project's own prompt set, packaged
 with rayalign), a local ``.jsonl``, ``.csv`` or ``.parquet`` file, a benchmark
 ``name:path`` or ``hf:<dataset>`` (read by :mod:`rayalign.eval.loaders`).
-
-The generation prompt is pure: it returns a new :class:`Prompt` with the same
-id and keeps no link to the original. Callers keep the original prompts (keyed
-by id) next to the generation prompts: rollouts carry ``prompt_id``, and the
-SFT example is built from the *original* conversation, i.e. with the spec
-removed, as the paper does.
+What the base model sees is rendered from these by :mod:`rayalign.stage1.conditioning`.
 """
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import unicodedata
@@ -24,32 +19,11 @@ from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from importlib import resources
-from itertools import takewhile
 from pathlib import Path
-from string import Template
 from typing import Any
 
-from rayalign.errors import LocatedError
-from rayalign.eval.loaders import (  # the row readers are shared with the benchmark loaders
-    LOADERS,
-    BenchmarkError,
-    csv_rows,
-    jsonl_rows,
-    load_benchmark,
-    parse_messages,
-)
-from rayalign.rollout.format import FORMAT_INSTRUCTIONS, THINK_CLOSE, THINK_OPEN
-from rayalign.spec import Spec, render_for
-from rayalign.templates import (
-    MAIN,
-    Placeholders,
-    check_placeholders,
-    check_starts_with_spec,
-    content_hash,
-    read_template,
-    split_sections,
-    template_dir,
-)
+from rayalign.datafiles import csv_rows, jsonl_rows, parse_messages
+from rayalign.eval.loaders import LOADERS, BenchmarkError, load_benchmark
 from rayalign.types import BEHAVIORS, Message, Prompt
 
 BUILTIN_SETS: dict[str, str] = {"quickstart": "quickstart_prompts.jsonl"}
@@ -59,13 +33,8 @@ FILE_SUFFIXES = (".jsonl", ".csv", ".parquet")
 NO_CATEGORY = ("", "none")
 """Category values that mean "benign or unlabelled" (category None)."""
 
-GENERATION_FILE = "generate_system.md"
 _Fail = Callable[..., BenchmarkError]
 """A BenchmarkError factory with the file and line already bound."""
-
-
-class PromptTemplateError(LocatedError):
-    """A generation prompt template that is missing or malformed."""
 
 
 @dataclass(frozen=True)
@@ -426,74 +395,36 @@ def order_for_prefix_cache(prompts: Sequence[Prompt]) -> list[Prompt]:
     return [p for group in groups.values() for p in group]
 
 
-# ------------------------------------------------------------------ generation prompt
+def limit_prompts(prompts: Sequence[Prompt], n: int) -> list[Prompt]:
+    """At most ``n`` prompts, taken round-robin across categories (0 = all).
 
-_CONVERSATION_SYSTEM = "conversation_system"
-_PLACEHOLDERS: Placeholders = {
-    MAIN: (
-        frozenset({"spec", "category", "format_instructions", "think_open", "think_close"}),
-        frozenset({"spec", "format_instructions"}),
-    ),
-    _CONVERSATION_SYSTEM: (frozenset({"system", "category"}), frozenset({"system"})),
-}
-
-
-@dataclass(frozen=True)
-class GenerationTemplates:
-    """``specs/templates/generate_system.md`` in parts; ``_PLACEHOLDERS`` lists their ``$names``.
-
-    ``system`` starts with ``$spec`` (then the instructions); ``conversation_system``
-    (after ``<!-- section: conversation_system -->``) carries a conversation's own system message.
+    >>> from rayalign.types import Message
+    >>> ps = [Prompt(f"{c}{i}", (Message("user", "x"),), category=c) for c in "ab" for i in range(3)]
+    >>> [p.id for p in limit_prompts(ps, 3)]
+    ['a0', 'a1', 'b0']
     """
-
-    system: str
-    conversation_system: str
-    hash: str
-    """``sha256:`` + 16 hex digits of the file's bytes."""
-
-
-def load_generation_templates(spec_dir: str | Path) -> GenerationTemplates:
-    """Read and check ``<spec_dir>/templates/generate_system.md``.
-
-    A missing file or section, an unknown or missing ``$placeholder``, or a
-    system part that does not start with ``$spec`` raises
-    :class:`PromptTemplateError` naming the file and, where there is one, the line.
-    """
-    path = template_dir(spec_dir) / GENERATION_FILE
-    raw, text = read_template(path, PromptTemplateError, "generation")
-    parts = split_sections(text, str(path), (MAIN, _CONVERSATION_SYSTEM), PromptTemplateError)
-    check_starts_with_spec(parts[MAIN][1], str(path), PromptTemplateError, "prompts of one category")
-    for part, (first_line, body) in parts.items():
-        check_placeholders(body, first_line, str(path), part, _PLACEHOLDERS, PromptTemplateError)
-    return GenerationTemplates(parts[MAIN][1], parts[_CONVERSATION_SYSTEM][1], content_hash(raw))
+    if n <= 0 or n >= len(prompts):
+        return list(prompts)
+    by_category = collections.defaultdict(collections.deque)
+    for p in prompts:
+        by_category[p.category].append(p)
+    chosen: set[str] = set()
+    while len(chosen) < n:
+        for queue in by_category.values():
+            if queue and len(chosen) < n:
+                chosen.add(queue.popleft().id)
+    return [p for p in prompts if p.id in chosen]
 
 
-def generation_prompt(spec: Spec, templates: GenerationTemplates, prompt: Prompt) -> Prompt:
-    """What the base model sees in stage 1: spec(category) and instructions, then the conversation.
-
-    Returns a new prompt (same id, category, expected and source) whose first
-    message is a system message starting with ``render_for(spec,
-    prompt.category)``, followed by the instructions (analyse, cite the rules
-    that apply, decide, cite the style rule, reasoning inside the think block,
-    an answer free of rule ids). It is identical for every prompt of a
-    category, so they share it as a prefix. A conversation's own leading
-    system message(s) are folded in after the instructions (the
-    ``conversation_system`` part), since many chat templates accept only one
-    system message, first; the other messages follow unchanged. ``prompt``
-    itself is not modified: keep it to build the SFT example without the spec.
-    """
-    category = prompt.category or "none given"
-    system = Template(templates.system).substitute(
-        spec=render_for(spec, prompt.category),
-        category=category,
-        format_instructions=FORMAT_INSTRUCTIONS,
-        think_open=THINK_OPEN,
-        think_close=THINK_CLOSE,
-    ).rstrip()
-    leading = len(list(takewhile(lambda m: m.role == "system", prompt.messages)))
-    if leading:
-        own = "\n\n".join(m.content for m in prompt.messages[:leading])
-        extra = Template(templates.conversation_system).substitute(system=own, category=category)
-        system = f"{system}\n\n{extra.strip()}"
-    messages = (Message("system", system + "\n"), *prompt.messages[leading:])
-    return replace(prompt, messages=messages)
+def training_prompts(cfg, spec) -> tuple[list[Prompt], list[Prompt], str]:
+    """(train, held out, summary): the prompts of data.prompts that stages 1 and 2 train on."""
+    eval_sets = [read_prompts(source) for source in cfg.data.decontaminate]
+    train, held, report = prepare_prompts(
+        cfg.data.prompts,
+        categories=spec.category_ids,
+        eval_fraction=cfg.data.eval_fraction,
+        seed=cfg.data.seed,
+        eval_sets=eval_sets,
+    )
+    train = limit_prompts(train, cfg.data.max_prompts)
+    return order_for_prefix_cache(train), held, report.summary()
