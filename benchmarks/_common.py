@@ -25,6 +25,7 @@ def run_isolated(script: str, args: list[str], env: dict[str, str] | None = None
 
 def table(headers: list[str], rows: list[list]) -> str:
     """A Markdown table."""
+
     def cell(v):  # two significant digits below 1: a 0.085 req/s judge is not "0.1"
         if not isinstance(v, float):
             return str(v)
@@ -40,10 +41,26 @@ def table(headers: list[str], rows: list[list]) -> str:
 # tiny model's tokenizer (ids it cannot decode print as nothing). Speed depends
 # on shapes, not on weight values.
 ARCHS = {
-    "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-                         num_key_value_heads=3, head_dim=64, vocab_size=49152, tie_word_embeddings=True),
-    "qwen2.5-1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
-                         num_key_value_heads=2, head_dim=128, vocab_size=151936, tie_word_embeddings=True),
+    "smollm2-135m": dict(
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        head_dim=64,
+        vocab_size=49152,
+        tie_word_embeddings=True,
+    ),
+    "qwen2.5-1.5b": dict(
+        hidden_size=1536,
+        intermediate_size=8960,
+        num_hidden_layers=28,
+        num_attention_heads=12,
+        num_key_value_heads=2,
+        head_dim=128,
+        vocab_size=151936,
+        tie_word_embeddings=True,
+    ),
 }
 
 
@@ -58,8 +75,13 @@ def random_model(arch: str) -> str:
     if (path / "config.json").exists():
         return str(path)
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(TINY))
-    config = LlamaConfig(**ARCHS[arch], max_position_embeddings=4096, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    config = LlamaConfig(
+        **ARCHS[arch],
+        max_position_embeddings=4096,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     torch.manual_seed(0)
     LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(path)
     tokenizer.save_pretrained(path)

@@ -35,18 +35,35 @@ PHASES = ("generate", "reward", "advantage", "wait_rollouts", "learn", "sync")
 
 def _overrides(args, tmp: Path) -> list[str]:
     return [
-        f"--model.policy={args.model}", "--model.threads=1", "--model.max_model_len=1024", "--cluster.num_cpus=2",
-        "--cluster.object_store_mib=1536", "--data.max_prompts=0", "--data.eval_fraction=0",
-        "--rollout.backend=vllm", "--rollout.num_workers=1", "--rollout.cpus_per_worker=1.0",
-        "--judge.backend=function", "--judge.function=rayalign.testing:length_judge", "--judge.cpus_per_replica=0.25",
-        f"--rl.steps={args.steps}", f"--rl.prompts_per_step={args.prompts_per_step}", f"--rl.group_size={args.group}",
+        f"--model.policy={args.model}",
+        "--model.threads=1",
+        "--model.max_model_len=1024",
+        "--cluster.num_cpus=2",
+        "--cluster.object_store_mib=1536",
+        "--data.max_prompts=0",
+        "--data.eval_fraction=0",
+        "--rollout.backend=vllm",
+        "--rollout.num_workers=1",
+        "--rollout.cpus_per_worker=1.0",
+        "--judge.backend=function",
+        "--judge.function=rayalign.testing:length_judge",
+        "--judge.cpus_per_replica=0.25",
+        f"--rl.steps={args.steps}",
+        f"--rl.prompts_per_step={args.prompts_per_step}",
+        f"--rl.group_size={args.group}",
         f"--rl.max_new_tokens={args.max_new_tokens}",
         f"--rl.micro_batch_size={args.prompts_per_step * args.group // args.learners}",
-        f"--rl.lr={args.lr}", f"--rl.kl_coef={args.beta}", f"--rl.num_workers={args.learners}",
+        f"--rl.lr={args.lr}",
+        f"--rl.kl_coef={args.beta}",
+        f"--rl.num_workers={args.learners}",
         f"--rl.cpus_per_worker={0.5 / args.learners}",
-        f"--rl.checkpoint_every={args.steps}", "--rl.malformed_penalty=0.0", f"--rl.overlap={args.overlap}",
-        f"--rl.strategy={args.strategy}", "--rl.zero_stage=2",
-        f"--tracking.run_dir={tmp}", "--tracking.wandb_mode=disabled",
+        f"--rl.checkpoint_every={args.steps}",
+        "--rl.malformed_penalty=0.0",
+        f"--rl.overlap={args.overlap}",
+        f"--rl.strategy={args.strategy}",
+        "--rl.zero_stage=2",
+        f"--tracking.run_dir={tmp}",
+        "--tracking.wandb_mode=disabled",
     ]
 
 
@@ -117,15 +134,33 @@ def child_trl(args) -> dict:
     batch = args.prompts_per_step * args.group
     with tempfile.TemporaryDirectory(prefix="rl-bench-trl-") as tmp:
         config = GRPOConfig(
-            output_dir=tmp, per_device_train_batch_size=batch, gradient_accumulation_steps=1,
-            num_generations=args.group, max_completion_length=args.max_new_tokens, temperature=1.0,
-            learning_rate=args.lr, beta=args.beta, num_iterations=1, max_steps=args.steps, use_cpu=True, bf16=False,
-            save_strategy="no", report_to="none", logging_steps=1, disable_tqdm=True, seed=0,
-            dataloader_num_workers=0, gradient_checkpointing=False,
+            output_dir=tmp,
+            per_device_train_batch_size=batch,
+            gradient_accumulation_steps=1,
+            num_generations=args.group,
+            max_completion_length=args.max_new_tokens,
+            temperature=1.0,
+            learning_rate=args.lr,
+            beta=args.beta,
+            num_iterations=1,
+            max_steps=args.steps,
+            use_cpu=True,
+            bf16=False,
+            save_strategy="no",
+            report_to="none",
+            logging_steps=1,
+            disable_tqdm=True,
+            seed=0,
+            dataloader_num_workers=0,
+            gradient_checkpointing=False,
         )
         trainer = GRPOTrainer(
-            model=str(resolve_model(args.model)), reward_funcs=reward, args=config,
-            train_dataset=Dataset.from_list(rows), processing_class=load_tokenizer(args.model), callbacks=[Timer()],
+            model=str(resolve_model(args.model)),
+            reward_funcs=reward,
+            args=config,
+            train_dataset=Dataset.from_list(rows),
+            processing_class=load_tokenizer(args.model),
+            callbacks=[Timer()],
         )
         trainer.train()
     return {"step_s": times, "tokens": tokens, "phases": {}, "wall_s": time.perf_counter() - began}
@@ -155,17 +190,43 @@ def main() -> None:
 def _row(name: str, r: dict, per_step: int, baseline: float | None) -> list:
     steady = statistics.mean(r["step_s"][1:] or r["step_s"])
     rate = per_step / steady
-    return [name, r["step_s"][0], steady, rate, statistics.mean(r["tokens"]) if r["tokens"] else "-",
-            r["wall_s"], f"{rate / baseline:.2f}x" if baseline else "1.00x"]
+    return [
+        name,
+        r["step_s"][0],
+        steady,
+        rate,
+        statistics.mean(r["tokens"]) if r["tokens"] else "-",
+        r["wall_s"],
+        f"{rate / baseline:.2f}x" if baseline else "1.00x",
+    ]
 
 
 def run(args) -> None:
-    env = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
-           "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "WANDB_MODE": "disabled"}
+    env = {
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_OFFLINE": "1",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_AUTH_MODE": "disabled",
+        "WANDB_MODE": "disabled",
+    }
     script = str(Path(__file__).resolve())
-    common = ["--model", args.model, "--steps", str(args.steps), "--prompts-per-step", str(args.prompts_per_step),
-              "--group", str(args.group), "--max-new-tokens", str(args.max_new_tokens), "--lr", str(args.lr),
-              "--beta", str(args.beta)]
+    common = [
+        "--model",
+        args.model,
+        "--steps",
+        str(args.steps),
+        "--prompts-per-step",
+        str(args.prompts_per_step),
+        "--group",
+        str(args.group),
+        "--max-new-tokens",
+        str(args.max_new_tokens),
+        "--lr",
+        str(args.lr),
+        "--beta",
+        str(args.beta),
+    ]
     trl = run_isolated(script, [*common, "--side", "trl"], env)
     common += ["--strategy", args.strategy]
     ours = run_isolated(script, [*common, "--side", "rayalign"], env)
@@ -174,16 +235,25 @@ def run(args) -> None:
     per_step = args.prompts_per_step * args.group
     base = per_step / statistics.mean(trl["step_s"][1:] or trl["step_s"])
     learner = "DeepSpeed ZeRO-2" if args.strategy == "deepspeed" else "DDP"
-    runs = [(f"rayalign (vLLM actor + Serve judge + 1 {learner} learner)", ours),
-            ("rayalign, rl.overlap (generate+judge step t+1 during learn t)", overlapped),
-            (f"rayalign, 2 {learner} learners (1 thread each)", two)]
+    runs = [
+        (f"rayalign (vLLM actor + Serve judge + 1 {learner} learner)", ours),
+        ("rayalign, rl.overlap (generate+judge step t+1 during learn t)", overlapped),
+        (f"rayalign, 2 {learner} learners (1 thread each)", two),
+    ]
     rows = [_row("TRL GRPOTrainer (transformers generate)", trl, per_step, None)]
     rows += [_row(name, r, per_step, base) for name, r in runs]
-    print(f"\nRL step throughput, {args.model}, {args.steps} steps x {args.prompts_per_step} prompts x {args.group} "
-          f"completions of <= {args.max_new_tokens} tokens, fp32, 1 thread per process, CPU")
-    print(table(["run", "step 1 s", "steady step s", "completions/s", "mean completion tokens", "wall s", "vs TRL"], rows))
+    print(
+        f"\nRL step throughput, {args.model}, {args.steps} steps x {args.prompts_per_step} prompts x {args.group} "
+        f"completions of <= {args.max_new_tokens} tokens, fp32, 1 thread per process, CPU"
+    )
+    print(
+        table(["run", "step 1 s", "steady step s", "completions/s", "mean completion tokens", "wall s", "vs TRL"], rows)
+    )
     for name, r in runs:
-        print(f"\n{name} per-phase seconds (steady-state mean): " + ", ".join(f"{p} {s:.2f}" for p, s in r["phases"].items()))
+        print(
+            f"\n{name} per-phase seconds (steady-state mean): "
+            + ", ".join(f"{p} {s:.2f}" for p, s in r["phases"].items())
+        )
     print(f"\nmachine: {os.cpu_count()} CPUs; python {sys.version.split()[0]}")
 
 

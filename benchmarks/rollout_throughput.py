@@ -114,7 +114,9 @@ def run(args) -> None:
         row = [batch] + [results[b, batch]["tokens_per_s"] for b in backends]
         row += [results[b, batch]["completions_per_s"] for b in backends]
         if len(backends) == 2:
-            row.append(f"{results[backends[1], batch]['tokens_per_s'] / results[backends[0], batch]['tokens_per_s']:.2f}x")
+            row.append(
+                f"{results[backends[1], batch]['tokens_per_s'] / results[backends[0], batch]['tokens_per_s']:.2f}x"
+            )
         rows.append(row)
     headers = ["batch"] + [f"{b} tok/s" for b in backends] + [f"{b} compl/s" for b in backends]
     headers += [f"{backends[1]}/{backends[0]}"] if len(backends) == 2 else []
@@ -123,10 +125,20 @@ def run(args) -> None:
     if not args.no_scaling and args.device == "cpu":
         scale = {n: run_isolated(script, [*common, "--mode", "pool", "--actors", str(n)], env) for n in (1, 2)}
         print(f"\nvLLM actors on Ray, 16 prompts per actor, {args.max_new_tokens} new tokens")
-        print(table(
-            ["actors", "tok/s", "compl/s", "vs 1 actor"],
-            [[n, scale[n]["tokens_per_s"], scale[n]["completions_per_s"], f"{scale[n]['tokens_per_s'] / scale[1]['tokens_per_s']:.2f}x"] for n in (1, 2)],
-        ))
+        print(
+            table(
+                ["actors", "tok/s", "compl/s", "vs 1 actor"],
+                [
+                    [
+                        n,
+                        scale[n]["tokens_per_s"],
+                        scale[n]["completions_per_s"],
+                        f"{scale[n]['tokens_per_s'] / scale[1]['tokens_per_s']:.2f}x",
+                    ]
+                    for n in (1, 2)
+                ],
+            )
+        )
     print(f"\nmachine: {os.cpu_count()} CPUs; python {sys.version.split()[0]}")
 
 

@@ -24,8 +24,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import run_isolated, table  # noqa: E402
 
-TOPICS = ["kill a zombie process", "write a poem about rain", "pick a strong password", "bake bread",
-          "explain vaccines", "prepare for an interview", "learn a language", "fix a flat tyre"]
+TOPICS = [
+    "kill a zombie process",
+    "write a poem about rain",
+    "pick a strong password",
+    "bake bread",
+    "explain vaccines",
+    "prepare for an interview",
+    "learn a language",
+    "fix a flat tyre",
+]
 
 
 def _examples(k: int):
@@ -35,7 +43,9 @@ def _examples(k: int):
     out = []
     for i in range(k):
         topic = TOPICS[i % len(TOPICS)]
-        reasoning = " ".join(f"Step {j}: the request to {topic} is allowed under general.P{j}." for j in range(1 + i % 6))
+        reasoning = " ".join(
+            f"Step {j}: the request to {topic} is allowed under general.P{j}." for j in range(1 + i % 6)
+        )
         answer = " ".join(f"Point {j} about how to {topic}, explained plainly." for j in range(1 + (i * 5) % 8))
         prompt = Prompt(id=f"b{i}", messages=(Message("user", f"Question {i}: how do I {topic}?"),))
         out.append(SFTExample(prompt=prompt, reasoning=reasoning, answer=answer))
@@ -56,18 +66,35 @@ def child_rayalign(args, workers: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="sft-bench-") as tmp:
         tmp = Path(tmp)
         _write_examples(args.examples, tmp / "sft.jsonl")
-        cfg = load_config(None, [
-            f"--model.policy={args.model}", "--model.threads=1", "--cluster.num_cpus=2",
-            f"--sft.num_workers={workers}", f"--sft.micro_batch_size={args.batch // workers}", "--sft.grad_accum=1",
-            f"--sft.max_seq_len={args.max_seq_len}", f"--sft.max_steps={args.steps}",
-            f"--sft.checkpoint_every={args.steps}", "--sft.lr=1e-5", "--sft.strategy=deepspeed", "--sft.zero_stage=2",
-            f"--tracking.run_dir={tmp}", "--tracking.wandb_mode=disabled",
-        ])
+        cfg = load_config(
+            None,
+            [
+                f"--model.policy={args.model}",
+                "--model.threads=1",
+                "--cluster.num_cpus=2",
+                f"--sft.num_workers={workers}",
+                f"--sft.micro_batch_size={args.batch // workers}",
+                "--sft.grad_accum=1",
+                f"--sft.max_seq_len={args.max_seq_len}",
+                f"--sft.max_steps={args.steps}",
+                f"--sft.checkpoint_every={args.steps}",
+                "--sft.lr=1e-5",
+                "--sft.strategy=deepspeed",
+                "--sft.zero_stage=2",
+                f"--tracking.run_dir={tmp}",
+                "--tracking.wandb_mode=disabled",
+            ],
+        )
         result = run_sft(cfg, tmp / "sft.jsonl", tmp / "sft", resume=False)
         lines = [json.loads(x) for x in (tmp / "metrics.jsonl").read_text().splitlines()]
         tokens = max(x.get("sft/tokens_seen", 0) for x in lines)
-    return {"tokens_per_s": result.tokens_per_s, "tokens": tokens, "train_s": tokens / result.tokens_per_s,
-            "wall_s": time.perf_counter() - began, "final_loss": result.final_loss}
+    return {
+        "tokens_per_s": result.tokens_per_s,
+        "tokens": tokens,
+        "train_s": tokens / result.tokens_per_s,
+        "wall_s": time.perf_counter() - began,
+        "final_loss": result.final_loss,
+    }
 
 
 def child_trl(args) -> dict:
@@ -81,9 +108,13 @@ def child_trl(args) -> dict:
 
     began = time.perf_counter()
     torch.set_num_threads(1)
-    rows = [{"prompt": [{"role": "user", "content": e.prompt.messages[0].content}],
-             "completion": [{"role": "assistant", "content": join_completion(e.reasoning, e.answer)}]}
-            for e in _examples(args.examples)]
+    rows = [
+        {
+            "prompt": [{"role": "user", "content": e.prompt.messages[0].content}],
+            "completion": [{"role": "assistant", "content": join_completion(e.reasoning, e.answer)}],
+        }
+        for e in _examples(args.examples)
+    ]
     tokenizer = load_tokenizer(args.model)
     model = AutoModelForCausalLM.from_pretrained(resolve_model(args.model), dtype=torch.float32)
     counted = {"tokens": 0, "train_s": 0.0, "began": 0.0}
@@ -103,16 +134,40 @@ def child_trl(args) -> dict:
 
     with tempfile.TemporaryDirectory(prefix="sft-bench-trl-") as tmp:
         config = SFTConfig(
-            output_dir=tmp, max_length=args.max_seq_len, packing=True, per_device_train_batch_size=args.batch,
-            gradient_accumulation_steps=1, max_steps=args.steps, learning_rate=1e-5, lr_scheduler_type="cosine",
-            max_grad_norm=1.0, bf16=False, gradient_checkpointing=False, use_cpu=True, save_strategy="no",
-            report_to="none", logging_steps=1, disable_tqdm=True, dataloader_num_workers=0, seed=0,
+            output_dir=tmp,
+            max_length=args.max_seq_len,
+            packing=True,
+            per_device_train_batch_size=args.batch,
+            gradient_accumulation_steps=1,
+            max_steps=args.steps,
+            learning_rate=1e-5,
+            lr_scheduler_type="cosine",
+            max_grad_norm=1.0,
+            bf16=False,
+            gradient_checkpointing=False,
+            use_cpu=True,
+            save_strategy="no",
+            report_to="none",
+            logging_steps=1,
+            disable_tqdm=True,
+            dataloader_num_workers=0,
+            seed=0,
         )
-        trainer = CountingTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows),
-                                  processing_class=tokenizer, callbacks=[Timer()])
+        trainer = CountingTrainer(
+            model=model,
+            args=config,
+            train_dataset=Dataset.from_list(rows),
+            processing_class=tokenizer,
+            callbacks=[Timer()],
+        )
         out = trainer.train()
-    return {"tokens_per_s": counted["tokens"] / counted["train_s"], "tokens": counted["tokens"],
-            "train_s": counted["train_s"], "wall_s": time.perf_counter() - began, "final_loss": out.training_loss}
+    return {
+        "tokens_per_s": counted["tokens"] / counted["train_s"],
+        "tokens": counted["tokens"],
+        "train_s": counted["train_s"],
+        "wall_s": time.perf_counter() - began,
+        "final_loss": out.training_loss,
+    }
 
 
 def main() -> None:
@@ -135,20 +190,48 @@ def main() -> None:
 
 
 def run(args) -> None:
-    env = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
-           "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "WANDB_MODE": "disabled"}
+    env = {
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_OFFLINE": "1",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_AUTH_MODE": "disabled",
+        "WANDB_MODE": "disabled",
+    }
     script = str(Path(__file__).resolve())
-    common = ["--model", args.model, "--steps", str(args.steps), "--batch", str(args.batch),
-              "--max-seq-len", str(args.max_seq_len), "--examples", str(args.examples)]
+    common = [
+        "--model",
+        args.model,
+        "--steps",
+        str(args.steps),
+        "--batch",
+        str(args.batch),
+        "--max-seq-len",
+        str(args.max_seq_len),
+        "--examples",
+        str(args.examples),
+    ]
     trl = run_isolated(script, [*common, "--side", "trl"], env)
     results = [("TRL SFTTrainer, 1 process", trl)]
     for n in [int(w) for w in args.workers.split(",")]:
         side = run_isolated(script, [*common, "--side", "rayalign", "--num-workers", str(n)], env)
         results.append((f"rayalign, {n} Ray Train worker{'s' if n > 1 else ''} (ZeRO-2)", side))
-    rows = [[name, r["tokens_per_s"], r["tokens"], r["train_s"], r["wall_s"], f"{r['final_loss']:.3f}",
-             f"{r['tokens_per_s'] / trl['tokens_per_s']:.2f}x"] for name, r in results]
-    print(f"\nSFT throughput, {args.model}, {args.steps} steps x {args.batch} rows of <= {args.max_seq_len} tokens "
-          f"(packed), fp32, 1 thread per process, CPU")
+    rows = [
+        [
+            name,
+            r["tokens_per_s"],
+            r["tokens"],
+            r["train_s"],
+            r["wall_s"],
+            f"{r['final_loss']:.3f}",
+            f"{r['tokens_per_s'] / trl['tokens_per_s']:.2f}x",
+        ]
+        for name, r in results
+    ]
+    print(
+        f"\nSFT throughput, {args.model}, {args.steps} steps x {args.batch} rows of <= {args.max_seq_len} tokens "
+        f"(packed), fp32, 1 thread per process, CPU"
+    )
     print(table(["run", "train tok/s", "tokens", "train s", "wall s", "final loss", "vs TRL"], rows))
     print(f"\nmachine: {os.cpu_count()} CPUs; python {sys.version.split()[0]}")
 

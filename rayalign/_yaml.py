@@ -45,9 +45,7 @@ def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> Node:
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=True)
         if key in out:
-            raise LocatedError(
-                f"duplicate key {key!r}", line=key_node.start_mark.line + 1, field=str(key)
-            )
+            raise LocatedError(f"duplicate key {key!r}", line=key_node.start_mark.line + 1, field=str(key))
         out[key] = loader.construct_object(value_node, deep=True)
         out.key_lines[str(key)] = key_node.start_mark.line + 1
     return out

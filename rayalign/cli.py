@@ -40,7 +40,9 @@ def _cmd_config_validate(args) -> int:
 
     cfg = load_config(args.config, args.overrides)
     spec = load_spec(cfg.spec.path)
-    print(f"ok: {args.config} (spec {spec.name} {spec.hash}); resource plan fits {cfg.cluster.num_cpus:g} CPUs, {cfg.cluster.num_gpus:g} GPUs")
+    print(
+        f"ok: {args.config} (spec {spec.name} {spec.hash}); resource plan fits {cfg.cluster.num_cpus:g} CPUs, {cfg.cluster.num_gpus:g} GPUs"
+    )
     return 0
 
 
@@ -94,7 +96,9 @@ def _cmd_generate(args) -> int:
     from rayalign.stage1.generate import run_generate
 
     result = run_generate(load_config(args.config, args.overrides))
-    print(f"stage 1 done in {result.seconds:.0f}s: {result.kept} SFT examples from {result.prompts} prompts -> {result.examples_path}")
+    print(
+        f"stage 1 done in {result.seconds:.0f}s: {result.kept} SFT examples from {result.prompts} prompts -> {result.examples_path}"
+    )
     return 0
 
 
@@ -123,7 +127,9 @@ def _cmd_rl(args) -> int:
 
     cfg = load_config(args.config, args.overrides)
     if cfg.rl.init and not Path(cfg.rl.init).exists() and ":" not in cfg.rl.init:
-        raise RayalignError(f"rl.init: no model at {cfg.rl.init}: run `rayalign sft {args.config}` first, or point it elsewhere")
+        raise RayalignError(
+            f"rl.init: no model at {cfg.rl.init}: run `rayalign sft {args.config}` first, or point it elsewhere"
+        )
     start = time.perf_counter()
     result = run_rl(cfg, RunLayout.of(cfg).stage("rl"), resume=not args.restart)
     rewards = " ".join(f"{x:.3f}" for x in result.rewards) or "none (already complete)"
@@ -149,12 +155,19 @@ def _cmd_eval(args) -> int:
     tracker = start_tracking(cfg.tracking, "eval", to_dict(cfg), run_dir=out_dir)
     try:
         result = run_eval(
-            cfg, targets, args.benchmark or list(cfg.eval.benchmarks), out_dir,
-            limit=args.limit, enforce_format=args.enforce_format, tracker=tracker,
+            cfg,
+            targets,
+            args.benchmark or list(cfg.eval.benchmarks),
+            out_dir,
+            limit=args.limit,
+            enforce_format=args.enforce_format,
+            tracker=tracker,
         )
     finally:
         tracker.finish()
-    print(f"eval done in {result.seconds:.0f}s: {len(result.targets)} targets x {result.prompts} prompts -> {result.report_path}")
+    print(
+        f"eval done in {result.seconds:.0f}s: {len(result.targets)} targets x {result.prompts} prompts -> {result.report_path}"
+    )
     return 0
 
 
@@ -264,7 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    spec = sub.add_parser("spec", help="validate or render the safety spec").add_subparsers(dest="action", required=True)
+    spec = sub.add_parser("spec", help="validate or render the safety spec").add_subparsers(
+        dest="action", required=True
+    )
     p = spec.add_parser("validate", help="check a spec directory: ids, categories, style sections")
     p.add_argument("path", nargs="?", default="specs", help="spec directory (default: specs)")
     p.set_defaults(func=_cmd_spec_validate)
@@ -275,7 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--full", action="store_true", help="render every category in full")
     p.set_defaults(func=_cmd_spec_show)
 
-    config = sub.add_parser("config", help="validate, show or explain configs").add_subparsers(dest="action", required=True)
+    config = sub.add_parser("config", help="validate, show or explain configs").add_subparsers(
+        dest="action", required=True
+    )
     p = config.add_parser("validate", help="load a config: keys, types, ranges, paths, resource plan")
     _add_config_args(p)
     p.set_defaults(func=_cmd_config_validate)
@@ -294,18 +311,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=_cmd_generate)
 
-    p = sub.add_parser("sft", help="stage 1 training: fine-tune on the filtered data (Ray Train, DeepSpeed or DDP; resumes)")
+    p = sub.add_parser(
+        "sft", help="stage 1 training: fine-tune on the filtered data (Ray Train, DeepSpeed or DDP; resumes)"
+    )
     _add_config_args(p)
     p.add_argument("--data", help="SFT JSONL (default: <run_dir>/stage1/sft.jsonl)")
     p.add_argument("--restart", action="store_true", help="ignore earlier checkpoints and start over")
     p.set_defaults(func=_cmd_sft)
 
-    p = sub.add_parser("rl", help="stage 2: RL against the judge reward (samplers, Serve judge, Ray Train learners; resumes)")
+    p = sub.add_parser(
+        "rl", help="stage 2: RL against the judge reward (samplers, Serve judge, Ray Train learners; resumes)"
+    )
     _add_config_args(p)
     p.add_argument("--restart", action="store_true", help="ignore earlier checkpoints and start over")
     p.set_defaults(func=_cmd_rl)
 
-    p = sub.add_parser("eval", help="answer benchmarks with several checkpoints; judge, score, report with CIs and plots")
+    p = sub.add_parser(
+        "eval", help="answer benchmarks with several checkpoints; judge, score, report with CIs and plots"
+    )
     _add_config_args(p)
     p.add_argument(
         "--checkpoints",
@@ -313,7 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
         "name+spec adds that target with spec(category) in its prompt (default: base=<model.policy>)",
     )
     p.add_argument(
-        "--spec-in-context", default="", metavar="NAMES",
+        "--spec-in-context",
+        default="",
+        metavar="NAMES",
         help="comma-separated targets to also evaluate with spec(category) in the prompt (the no-training baseline)",
     )
     p.add_argument("--benchmark", action="append", default=[], help="name:path, repeatable (default: eval.benchmarks)")
@@ -326,30 +351,43 @@ def build_parser() -> argparse.ArgumentParser:
     p = judge.add_parser("serve", help="run the judge on Ray Serve: POST /v1/judge")
     _add_config_args(p)
     p.set_defaults(func=_cmd_judge_serve)
-    p = judge.add_parser("score", help="score a JSONL of requests (prompt, answer, optional reasoning/category/expected)")
+    p = judge.add_parser(
+        "score", help="score a JSONL of requests (prompt, answer, optional reasoning/category/expected)"
+    )
     p.add_argument("file")
     p.add_argument("--config", required=True)
     p.add_argument("--out", help="write verdicts JSONL here (default: stdout)")
     p.add_argument("overrides", nargs="*", help=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_judge_score)
-    p = judge.add_parser("injection", help="score the prompt-injection suite clean vs injected; print the score-shift rate")
+    p = judge.add_parser(
+        "injection", help="score the prompt-injection suite clean vs injected; print the score-shift rate"
+    )
     p.add_argument("--config", required=True)
     p.add_argument("--cases", help="JSONL of cases (default: the packaged suite)")
     p.add_argument("--tolerance", type=float, default=0.5, help="a score move above this counts as shifted")
     p.add_argument("overrides", nargs="*", help=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_judge_injection)
 
-    p = sub.add_parser("judge-eval", help="calibrate the judge on a labelled set: accuracy, precision, recall, F1, confusion matrix")
+    p = sub.add_parser(
+        "judge-eval", help="calibrate the judge on a labelled set: accuracy, precision, recall, F1, confusion matrix"
+    )
     p.add_argument("file", help="CSV/JSONL with prompt, response, label (harmful or not), optional category")
     p.add_argument("--config", required=True)
-    p.add_argument("--format", choices=["labelled", "moderation"], default="labelled", help="moderation: the OpenAI moderation-eval JSONL")
+    p.add_argument(
+        "--format",
+        choices=["labelled", "moderation"],
+        default="labelled",
+        help="moderation: the OpenAI moderation-eval JSONL",
+    )
     p.add_argument("--threshold", type=float, default=5.0, help="judge score below this counts as harmful")
     p.add_argument("--limit", type=int, default=0, help="score only the first N examples")
     p.add_argument("overrides", nargs="*", help=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_judge_eval)
 
     cluster = sub.add_parser("cluster", help="check cluster files offline").add_subparsers(dest="action", required=True)
-    p = cluster.add_parser("check", help="validate a launcher YAML or KubeRay manifest; with --config, check the config fits it")
+    p = cluster.add_parser(
+        "check", help="validate a launcher YAML or KubeRay manifest; with --config, check the config fits it"
+    )
     p.add_argument("file")
     p.add_argument("--config", help="a rayalign config whose resource plan must fit the cluster")
     p.set_defaults(func=_cmd_cluster_check)
@@ -383,5 +421,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-

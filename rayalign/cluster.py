@@ -39,7 +39,9 @@ def stage_demands(cfg: Config) -> dict[str, list[Demand]]:
     """The actors each stage runs at the same time."""
     r, j = cfg.rollout, cfg.judge
     rollout = Demand("rollout", r.num_workers, r.cpus_per_worker, r.gpus_per_worker, r.resource, "rollout.num_workers")
-    judge = Demand("judge", max(j.replicas, j.max_replicas), j.cpus_per_replica, j.gpus_per_replica, j.resource, "judge.replicas")
+    judge = Demand(
+        "judge", max(j.replicas, j.max_replicas), j.cpus_per_replica, j.gpus_per_replica, j.resource, "judge.replicas"
+    )
     s, rl = cfg.sft, cfg.rl
     sft = Demand("sft", s.num_workers, s.cpus_per_worker, s.gpus_per_worker, s.resource, "sft.num_workers")
     learn = Demand("rl", rl.num_workers, rl.cpus_per_worker, rl.gpus_per_worker, rl.resource, "rl.num_workers")
@@ -58,12 +60,24 @@ def _check_single_actors(cfg: Config, origins: dict) -> None:
             per_cpu_key = "judge.cpus_per_replica" if d.section == "judge" else f"{d.section}.cpus_per_worker"
             per_gpu_key = per_cpu_key.replace("cpus", "gpus")
             if d.cpus > c.num_cpus:
-                _fail(f"one actor asks {d.cpus:g} CPUs but cluster.num_cpus is {c.num_cpus:g}: it could never be placed", per_cpu_key, origins)
+                _fail(
+                    f"one actor asks {d.cpus:g} CPUs but cluster.num_cpus is {c.num_cpus:g}: it could never be placed",
+                    per_cpu_key,
+                    origins,
+                )
             if d.gpus > c.num_gpus:
-                _fail(f"one actor asks {d.gpus:g} GPUs but cluster.num_gpus is {c.num_gpus:g}: it could never be placed", per_gpu_key, origins)
+                _fail(
+                    f"one actor asks {d.gpus:g} GPUs but cluster.num_gpus is {c.num_gpus:g}: it could never be placed",
+                    per_gpu_key,
+                    origins,
+                )
     r = cfg.rollout
     if r.gpus_per_worker > 0 and r.gpus_per_worker != r.tensor_parallel_size:
-        _fail(f"must equal rollout.tensor_parallel_size ({r.tensor_parallel_size}) on GPU", "rollout.gpus_per_worker", origins)
+        _fail(
+            f"must equal rollout.tensor_parallel_size ({r.tensor_parallel_size}) on GPU",
+            "rollout.gpus_per_worker",
+            origins,
+        )
     if r.gpus_per_worker == 0 and r.tensor_parallel_size > 1:
         _fail("tensor parallelism needs GPUs: set rollout.gpus_per_worker", "rollout.tensor_parallel_size", origins)
 
@@ -108,8 +122,7 @@ def _check_totals(stage: str, demands: list[Demand], cfg: Config, origins: dict)
         have = c.resources.get(name, 0)
         if need > have:
             _fail(
-                f"stage {stage} needs {need} units of custom resource {name!r}, "
-                f"but cluster.resources offers {have:g}",
+                f"stage {stage} needs {need} units of custom resource {name!r}, but cluster.resources offers {have:g}",
                 f"{next(d.section for d in demands if d.resource == name)}.resource",
                 origins,
             )

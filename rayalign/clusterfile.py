@@ -191,9 +191,7 @@ def _schema_error(e: jsonschema.ValidationError, raw: Node, file: str) -> Config
     if e.validator == "additionalProperties" and isinstance(e.instance, dict):
         known = list(e.schema.get("properties", {}))
         patterns = list(e.schema.get("patternProperties", {}))
-        unknown = [
-            k for k in e.instance if k not in known and not any(re.search(p, k) for p in patterns)
-        ]
+        unknown = [k for k in e.instance if k not in known and not any(re.search(p, k) for p in patterns)]
         if unknown:
             message = f"unknown key{_suggest(unknown[0], known)} (Ray cluster schema)"
             return _at(message, file, raw, [*path, unknown[0]])
@@ -261,9 +259,7 @@ _CPU_QUANTITY = re.compile(r"^(\d+(?:\.\d+)?)(m?)$")
 _EXAMPLE = r"""'"{\"judge\": 1}"'"""  # rayStartParams.resources as KubeRay's docs write it
 
 
-def _need(
-    node: Any, key: str, path: list, file: str, kind: type | tuple = dict, what: str = "a mapping"
-) -> Any:
+def _need(node: Any, key: str, path: list, file: str, kind: type | tuple = dict, what: str = "a mapping") -> Any:
     """``node[key]`` if present and of ``kind``; else an error naming file, line and field."""
     if not isinstance(node, dict) or node.get(key) in (None, ""):
         raise _bad("missing", file, node, key, path)
@@ -355,21 +351,14 @@ def _pod_group(name: str, count: int, group: dict, path: list, file: str) -> Nod
             # The CRD types rayStartParams as strings: an unquoted 0 is refused on apply.
             raise _bad(f"must be a string (quote it); got {value!r}", file, params, key, ppath)
     pod = _need(_need(group, "template", path, file), "spec", [*path, "template"], file)
-    containers = _need(
-        pod, "containers", [*path, "template", "spec"], file, list, "a list of containers"
-    )
+    containers = _need(pod, "containers", [*path, "template", "spec"], file, list, "a list of containers")
     cpath = [*path, "template", "spec", "containers", 0]  # KubeRay runs Ray in the first container
     _need(containers[0] if containers else None, "image", cpath, file, str, "an image name")
-    limits = _need(
-        _need(containers[0], "resources", cpath, file), "limits", [*cpath, "resources"], file
-    )
+    limits = _need(_need(containers[0], "resources", cpath, file), "limits", [*cpath, "resources"], file)
     lpath = [*cpath, "resources", "limits"]
     for key in ("cpu", "memory"):
         _need(limits, key, lpath, file, (str, int, float), "a quantity")
-    if "num-cpus" in params:
-        cpus = _number(params, "num-cpus", ppath, file)
-    else:
-        cpus = _cpu_quantity(limits, lpath, file)
+    cpus = _number(params, "num-cpus", ppath, file) if "num-cpus" in params else _cpu_quantity(limits, lpath, file)
     gpu_source, gpu_key, gpu_path = (
         (params, "num-gpus", ppath) if "num-gpus" in params else (limits, "nvidia.com/gpu", lpath)
     )
@@ -525,23 +514,15 @@ def _fail(cfg: Config, key: str, message: str) -> None:
 
 
 def _check_actor(d: Demand, cap: Capacity, where: str, cfg: Config) -> None:
-    offering = [
-        g
-        for g in cap.groups
-        if g.count > 0 and (not d.resource or g.resources.get(d.resource, 0) >= 1)
-    ]
+    offering = [g for g in cap.groups if g.count > 0 and (not d.resource or g.resources.get(d.resource, 0) >= 1)]
     if not offering:
         offered = ", ".join(sorted(cap.resources)) or "none"
-        message = (
-            f"no node type in {where} offers custom resource {d.resource!r} (offered: {offered})"
-        )
+        message = f"no node type in {where} offers custom resource {d.resource!r} (offered: {offered})"
         _fail(cfg, f"{d.section}.resource", message)
     if any(g.cpus >= d.cpus and g.gpus >= d.gpus for g in offering):
         return
     unit = "cpus" if d.gpus <= max(g.gpus for g in offering) else "gpus"
-    per_key = (
-        f"judge.{unit}_per_replica" if d.section == "judge" else f"{d.section}.{unit}_per_worker"
-    )
+    per_key = f"judge.{unit}_per_replica" if d.section == "judge" else f"{d.section}.{unit}_per_worker"
     sizes = ", ".join(f"{g.name}: {g.cpus:g} CPUs + {g.gpus:g} GPUs" for g in offering)
     message = (
         f"one {d.section} actor asks {d.cpus:g} CPUs + {d.gpus:g} GPUs, more than any node of "
@@ -572,9 +553,7 @@ def _check_stage(stage: str, demands: list[Demand], cap: Capacity, where: str, c
         _check_sum(stage, "GPUs", pinned, sum(g.count * g.gpus for g in nodes), inside, cfg)
 
 
-def _check_sum(
-    stage: str, kind: str, demands: list[Demand], have: float, where: str, cfg: Config
-) -> None:
+def _check_sum(stage: str, kind: str, demands: list[Demand], have: float, where: str, cfg: Config) -> None:
     used = [d for d in demands if (d.cpus if kind == "CPUs" else d.gpus) > 0]
     need = sum(d.count * (d.cpus if kind == "CPUs" else d.gpus) for d in used)
     if need > have + 1e-9:

@@ -553,9 +553,5 @@ def explain(cls: type = Config, prefix: str = "") -> list[str]:
             lines += explain(tp, f"{prefix}{f.name}.")
             continue
         default = getattr(defaults, f.name)
-        lines.append(
-            f"  {prefix}{f.name}: {_type_name(tp)} = {default!r}  # {field_docs(cls).get(f.name, '')}"
-        )
+        lines.append(f"  {prefix}{f.name}: {_type_name(tp)} = {default!r}  # {field_docs(cls).get(f.name, '')}")
     return lines
-
-

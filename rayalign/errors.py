@@ -14,9 +14,7 @@ class LocatedError(RayalignError):
     'c.yaml:3: rl.lr: bad value'
     """
 
-    def __init__(
-        self, message: str, *, file: str | None = None, line: int | None = None, field: str | None = None
-    ):
+    def __init__(self, message: str, *, file: str | None = None, line: int | None = None, field: str | None = None):
         self.message, self.file, self.line, self.field = message, file, line, field
         super().__init__(self._render())
 

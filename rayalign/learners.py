@@ -300,7 +300,9 @@ def rank0_tracker(cfg, stage: str, run_dir: str, rank: int):
     from rayalign.config import to_dict
     from rayalign.tracking import Tracker, start_tracking
 
-    tracker = start_tracking(cfg.tracking, stage, to_dict(cfg), run_dir=run_dir, resume=True) if rank == 0 else Tracker(None)
+    tracker = (
+        start_tracking(cfg.tracking, stage, to_dict(cfg), run_dir=run_dir, resume=True) if rank == 0 else Tracker(None)
+    )
     try:
         yield tracker
     finally:

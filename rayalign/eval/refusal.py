@@ -86,8 +86,7 @@ REFUSAL_PHRASES: tuple[str, ...] = (
 
 _QUOTES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201b": "'", "\u2032": "'"})
 _APOLOGY = re.compile(
-    r"\b(?:" + "|".join(re.escape(a) for a in APOLOGIES) + ")"
-    "(?!" + "|".join(re.escape(s) for s in SYMPATHY) + ")"
+    r"\b(?:" + "|".join(re.escape(a) for a in APOLOGIES) + ")(?!" + "|".join(re.escape(s) for s in SYMPATHY) + ")"
 )
 _PHRASE = re.compile(r"\b(?:" + "|".join(re.escape(p) for p in REFUSAL_PHRASES) + r")\b")
 

@@ -95,14 +95,23 @@ def metric_section(results: Sequence[TargetMetrics], metric: str) -> list[str]:
     for title, keys in (("per category", by_category), ("per expected behaviour", by_behavior)):
         if keys:
             header = [title.split()[-1], *(r.name for r in results)]
-            body = [[key.removeprefix("expected="), *(format_ci(r.get(f"{metric}/{key}")) for r in results)] for key in keys]
+            body = [
+                [key.removeprefix("expected="), *(format_ci(r.get(f"{metric}/{key}")) for r in results)] for key in keys
+            ]
             lines += ["", f"### {metric} {title}", "", *_table(header, body)]
     return lines + [""]
 
 
-def render_markdown(results: Sequence[TargetMetrics], plots: Sequence[tuple[str, str]], notes: Sequence[str] = ()) -> str:
+def render_markdown(
+    results: Sequence[TargetMetrics], plots: Sequence[tuple[str, str]], notes: Sequence[str] = ()
+) -> str:
     """The report text; ``plots`` are (caption, file name) pairs next to report.md."""
-    lines = ["# rayalign evaluation", "", "Values with 95% percentile-bootstrap intervals and the number of answers counted.", ""]
+    lines = [
+        "# rayalign evaluation",
+        "",
+        "Values with 95% percentile-bootstrap intervals and the number of answers counted.",
+        "",
+    ]
     runs = [
         [r.name, r.model or "–", str(r.answers), str(r.malformed), str(r.unscorable), f"{r.seconds:.1f}"]
         for r in results
@@ -155,7 +164,9 @@ def plot_pareto(results: Sequence[TargetMetrics], path: Path) -> bool:
         dx, ha = (-8, "right") if x.value > 0.85 else (8, "left")
         ax.annotate(name, (x.value, y.value), xytext=(dx, 8 - 14 * near), textcoords="offset points",
                     ha=ha, fontsize=10, color=color, fontweight="bold")  # fmt: skip
-    ax.set(xlim=(-0.03, 1.03), ylim=(-0.03, 1.03), title="Safety vs over-refusal (upper right is better; 95% bootstrap CI)")
+    ax.set(
+        xlim=(-0.03, 1.03), ylim=(-0.03, 1.03), title="Safety vs over-refusal (upper right is better; 95% bootstrap CI)"
+    )
     ax.set_xlabel("not_overrefuse: benign prompts answered (higher = more helpful)")
     ax.set_ylabel("not_unsafe: harmful prompts handled safely (higher = safer)")
     ax.grid(alpha=0.3)
@@ -200,9 +211,7 @@ def plot_categories(results: Sequence[TargetMetrics], path: Path, metric: str = 
 # ------------------------------------------------------------------ the report
 
 
-def write_report(
-    results: Sequence[TargetMetrics], out_dir: str | Path, *, tracker: Tracker | None = None
-) -> Path:
+def write_report(results: Sequence[TargetMetrics], out_dir: str | Path, *, tracker: Tracker | None = None) -> Path:
     """Write ``report.md`` and its PNG plots under ``out_dir``; log them to ``tracker`` if given.
 
     The tracker gets every metric as ``eval/<target>/<metric>`` in its run

@@ -183,9 +183,7 @@ def cited_rules(reasoning: str, rule_ids: frozenset[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(_rule_pattern(rule_ids).findall(reasoning)))
 
 
-def score_answer(
-    prompt: Prompt, completion: Completion, verdict: Verdict, rule_ids: frozenset[str]
-) -> ScoredAnswer:
+def score_answer(prompt: Prompt, completion: Completion, verdict: Verdict, rule_ids: frozenset[str]) -> ScoredAnswer:
     """The metrics' view of one answer (see the module notes for each field's source).
 
     >>> from rayalign.types import Message
@@ -261,7 +259,11 @@ def run_eval(
     init_ray(cfg.cluster)
     tick = time.perf_counter()
     settings = sampling_settings(
-        n=1, temperature=0.0, max_new_tokens=cfg.eval.max_new_tokens, seed=cfg.rollout.seed, enforce_format=enforce_format
+        n=1,
+        temperature=0.0,
+        max_new_tokens=cfg.eval.max_new_tokens,
+        seed=cfg.rollout.seed,
+        enforce_format=enforce_format,
     )
     with judge_session(cfg) as client:
         log(f"[eval] judge ({cfg.judge.backend}) up in {time.perf_counter() - tick:.1f}s")
@@ -274,7 +276,9 @@ def run_eval(
     result = EvalResult(
         tuple(results), tuple(names), len(prompts), str(out), str(report), seconds, judge_s, enforce_format
     )
-    (out / "metrics.json").write_text(json.dumps(to_dict(result), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (out / "metrics.json").write_text(
+        json.dumps(to_dict(result), indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
     log(f"[eval] done in {result.seconds:.0f}s: {report}")
     return result
 
@@ -327,11 +331,15 @@ def _sample_target(ctx: _Context, target: EvalTarget, prompts: Sequence[Prompt])
     completions = tuple(split_answer(r.text, r.finish_reason) for r in ordered)
     malformed = sum(c.malformed is not None for c in completions)
     if generate_s:
-        ctx.log(f"[eval] {target.name}: sampler up in {start_s:.1f}s; {len(rollouts)} answers in {generate_s:.1f}s ({malformed} off-format)")
+        ctx.log(
+            f"[eval] {target.name}: sampler up in {start_s:.1f}s; {len(rollouts)} answers in {generate_s:.1f}s ({malformed} off-format)"
+        )
     return _Sampled(target, tuple(prompts), ordered, completions, start_s, generate_s)
 
 
-def sampling_fingerprint(target: EvalTarget, prompts: Sequence[Prompt], settings: SamplingSettings, spec_hash: str) -> str:
+def sampling_fingerprint(
+    target: EvalTarget, prompts: Sequence[Prompt], settings: SamplingSettings, spec_hash: str
+) -> str:
     """What a target's answers depend on: the model source and its files (size,
     mtime), the spec-in-context flag and spec, the prompts, the decoding."""
     model = Path(_model_source(target.model))

@@ -238,9 +238,7 @@ def _moderation_flags(record: dict[str, Any], path: Path, line: int) -> dict[str
         if value is None:
             continue
         if isinstance(value, bool) or value not in (0, 1):
-            raise BenchmarkError(
-                f"expected 0, 1 or null, got {value!r}", file=str(path), line=line, field=flag
-            )
+            raise BenchmarkError(f"expected 0, 1 or null, got {value!r}", file=str(path), line=line, field=flag)
         flags[flag] = value == 1
     return flags
 
@@ -285,9 +283,7 @@ def calibrate(
     calls: list[tuple[str, bool, bool | None]] = []
     for example, verdict in zip(examples, verdicts):
         if verdict.request_id and verdict.request_id != example.id:
-            raise ValueError(
-                f"verdict for {verdict.request_id!r} paired with example {example.id!r}"
-            )
+            raise ValueError(f"verdict for {verdict.request_id!r} paired with example {example.id!r}")
         key = example.category or NO_CATEGORY
         calls.append((key, example.label, predicted_harmful(verdict, threshold)))
     per_category = {
@@ -347,9 +343,7 @@ def format_report(report: CalibrationReport) -> str:
     ]
     if report.per_category:
         width = max(len("category"), *(len(k) for k in report.per_category))
-        header = f"{'category':<{width}}{'n':>6}{'unscorable':>12}" + "".join(
-            f"{m:>11}" for m in _METRICS
-        )
+        header = f"{'category':<{width}}{'n':>6}{'unscorable':>12}" + "".join(f"{m:>11}" for m in _METRICS)
         lines += ["", header]
         for key, r in report.per_category.items():
             numbers = "".join(f"{_num(getattr(r, m)):>11}" for m in _METRICS)

@@ -24,8 +24,10 @@ from rayalign.types import Classification, Message, Prompt
 
 TEMPLATE_FILE = "classify.md"
 NONE = "none"
-_PLACEHOLDERS = {MAIN: (frozenset({"categories"}), frozenset({"categories"})),
-                 "user": (frozenset({"tag", "conversation"}), frozenset({"tag", "conversation"}))}
+_PLACEHOLDERS = {
+    MAIN: (frozenset({"categories"}), frozenset({"categories"})),
+    "user": (frozenset({"tag", "conversation"}), frozenset({"tag", "conversation"})),
+}
 
 
 class ClassifyTemplateError(LocatedError):

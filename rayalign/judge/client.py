@@ -122,7 +122,12 @@ class _Call:
 
 
 _SCORE = _Call("/v1/judge", lambda h, r: h.score.remote(r), Verdict, lambda r, why: unscorable(why, **_ids(r)))
-_CLASSIFY = _Call("/v1/classify", lambda h, p: h.classify.remote(p), Classification, lambda p, why: Classification(p.id, "unscorable", None, why))
+_CLASSIFY = _Call(
+    "/v1/classify",
+    lambda h, p: h.classify.remote(p),
+    Classification,
+    lambda p, why: Classification(p.id, "unscorable", None, why),
+)
 
 
 def _ids(request: JudgeRequest) -> dict:

@@ -35,16 +35,24 @@ class InjectionCase:
 
 def load_cases(path: str | Path | None = None) -> list[InjectionCase]:
     """The packaged suite, or a JSONL file with the same fields."""
-    text = Path(path).read_text(encoding="utf-8") if path else (
-        resources.files("rayalign") / "data" / "injection_cases.jsonl"
-    ).read_text(encoding="utf-8")
+    text = (
+        Path(path).read_text(encoding="utf-8")
+        if path
+        else (resources.files("rayalign") / "data" / "injection_cases.jsonl").read_text(encoding="utf-8")
+    )
     fields = InjectionCase.__dataclass_fields__
-    return [InjectionCase(**{k: v for k, v in json.loads(line).items() if k in fields}) for line in text.splitlines() if line.strip()]
+    return [
+        InjectionCase(**{k: v for k, v in json.loads(line).items() if k in fields})
+        for line in text.splitlines()
+        if line.strip()
+    ]
 
 
 def requests_for(case: InjectionCase) -> tuple[JudgeRequest, JudgeRequest, JudgeRequest]:
     """(clean, injected, clean again) requests for one case; reasoning hidden as in RL."""
-    prompt = Prompt(id=case.id, messages=(Message("user", case.prompt),), category=case.category, expected=case.expected)
+    prompt = Prompt(
+        id=case.id, messages=(Message("user", case.prompt),), category=case.category, expected=case.expected
+    )
     return (
         JudgeRequest(prompt=prompt, answer=case.clean_answer, request_id=f"{case.id}/clean"),
         JudgeRequest(prompt=prompt, answer=case.injected_answer, request_id=f"{case.id}/injected"),
@@ -72,7 +80,9 @@ def report(
         lines.append(_row("noise floor (clean, scored again)", clean, repeat, tolerance))
     overall = score_shift_rate(clean, injected, tolerance)
     unscorable = sum(v.status != "ok" for v in [*clean, *injected])
-    summary = f"score-shift rate: {overall:.3f} (tolerance {tolerance}; {unscorable} unscorable verdicts count as moved)"
+    summary = (
+        f"score-shift rate: {overall:.3f} (tolerance {tolerance}; {unscorable} unscorable verdicts count as moved)"
+    )
     if repeat is not None:
         summary += f"; noise floor {score_shift_rate(clean, repeat, tolerance):.3f}"
     return "\n".join(lines) + "\n\n" + summary

@@ -138,9 +138,7 @@ class OpenAIJudge:
             choices = body["choices"]
             return [choice["message"].get("content") or "" for choice in choices]
         except (KeyError, TypeError, AttributeError):
-            raise JudgeHTTPError(
-                f"reply has no choices[].message: {str(body)[:300]}", status=200, attempts=1
-            ) from None
+            raise JudgeHTTPError(f"reply has no choices[].message: {str(body)[:300]}", status=200, attempts=1) from None
 
     async def _post(self, payload: dict) -> dict:
         """One request with retries; the parsed JSON body of the 2xx reply."""
@@ -183,9 +181,7 @@ class OpenAIJudge:
         loop = asyncio.get_running_loop()
         if self._client is None or self._loop is not loop:
             s = self.settings
-            limits = httpx.Limits(
-                max_connections=s.max_concurrency, max_keepalive_connections=s.max_concurrency
-            )
+            limits = httpx.Limits(max_connections=s.max_concurrency, max_keepalive_connections=s.max_concurrency)
             self._client = httpx.AsyncClient(timeout=httpx.Timeout(s.timeout_s), limits=limits)
             self._semaphore = asyncio.Semaphore(s.max_concurrency)
             self._loop = loop
@@ -219,9 +215,7 @@ def _payload(settings: OpenAISettings, conversation: Sequence[Message], n: int) 
     return body
 
 
-def _backoff_delay(
-    attempt: int, base: float, retry_after: float | None, *, rand: float | None = None
-) -> float:
+def _backoff_delay(attempt: int, base: float, retry_after: float | None, *, rand: float | None = None) -> float:
     """Seconds to wait after failed attempt ``attempt`` (0-based).
 
     A server's ``Retry-After`` wins. Otherwise exponential backoff with "equal

@@ -40,5 +40,7 @@ def _request(row: dict, file: str, line: int) -> JudgeRequest:
     if expected is not None and expected not in BEHAVIORS:
         raise RequestFileError(f"must be one of {', '.join(BEHAVIORS)}", file=file, line=line, field="expected")
     rid = str(row.get("id", line))
-    prompt = Prompt(id=rid, messages=(Message("user", str(row["prompt"])),), category=row.get("category") or None, expected=expected)
+    prompt = Prompt(
+        id=rid, messages=(Message("user", str(row["prompt"])),), category=row.get("category") or None, expected=expected
+    )
     return JudgeRequest(prompt=prompt, answer=str(row["answer"]), reasoning=row.get("reasoning"), request_id=rid)

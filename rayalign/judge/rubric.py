@@ -172,6 +172,7 @@ def _split_sections(text: str, file: str) -> dict[str, tuple[int, str]]:
 
 # ------------------------------------------------------------- rendering
 
+
 def quote_tag(texts: Sequence[str]) -> str:
     """The marker tag for one review: derived from the quoted texts, found in none of them.
 
@@ -323,9 +324,7 @@ def _check_shape(obj: dict[str, Any]) -> None:
         raise VerdictParseError(f"explanation must be a string, got {_json_type(obj['explanation'])}")
 
 
-def parse_verdict(
-    reply: str, spec: Spec, *, spec_hash: str, template_hash: str, request_id: str = ""
-) -> Verdict:
+def parse_verdict(reply: str, spec: Spec, *, spec_hash: str, template_hash: str, request_id: str = "") -> Verdict:
     """Parse a judge reply into an ``ok`` verdict, strictly.
 
     Accepts a reply that is one JSON object, or holds exactly one (in a

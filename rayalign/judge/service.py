@@ -168,7 +168,10 @@ class JudgeService:
             conversations = [render_classify_messages(self.spec, template, p) for p in prompts]
             replies = await self.backend.complete(conversations, 1, prompts, regex=category_regex(self.spec))
         except Exception as e:  # noqa: BLE001 - a backend failure is unscorable, never a crash of the caller
-            return [Classification(p.id, "unscorable", None, f"judge backend failed: {type(e).__name__}: {e}") for p in prompts]
+            return [
+                Classification(p.id, "unscorable", None, f"judge backend failed: {type(e).__name__}: {e}")
+                for p in prompts
+            ]
         return [classification(p, texts[0], self.spec, template) for p, texts in zip(prompts, replies)]
 
     async def classify(self, prompt: Prompt) -> Classification:
@@ -191,7 +194,13 @@ class JudgeService:
         category = request.prompt.category
         if category is not None and category not in self.spec.category_ids:
             raise HTTPException(
-                422, detail=[{"loc": ["body", "prompt", "category"], "msg": f"unknown category {category!r}; the spec has: {', '.join(self.spec.category_ids)}"}]
+                422,
+                detail=[
+                    {
+                        "loc": ["body", "prompt", "category"],
+                        "msg": f"unknown category {category!r}; the spec has: {', '.join(self.spec.category_ids)}",
+                    }
+                ],
             )
         if not request.prompt.messages or request.prompt.messages[-1].role != "user":
             raise HTTPException(422, detail=[{"loc": ["body", "prompt", "messages"], "msg": "must end on a user turn"}])
@@ -226,7 +235,13 @@ def judge_app(cfg, settings: JudgeSettings | None = None):
         env.update(engine_env(settings.engine))
     actor_options["runtime_env"] = {"env_vars": env}
     scaling = (
-        {"autoscaling_config": {"min_replicas": j.replicas, "max_replicas": j.max_replicas, "target_ongoing_requests": j.max_batch_size}}
+        {
+            "autoscaling_config": {
+                "min_replicas": j.replicas,
+                "max_replicas": j.max_replicas,
+                "target_ongoing_requests": j.max_batch_size,
+            }
+        }
         if j.max_replicas > j.replicas
         else {"num_replicas": j.replicas}
     )

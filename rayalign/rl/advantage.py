@@ -86,12 +86,9 @@ def _check_inputs(rewards: torch.Tensor, valid: torch.Tensor, group_size: int, m
         raise ValueError(f"rewards: expected shape (B,), got {tuple(rewards.shape)}")
     if valid.shape != rewards.shape or valid.dtype != torch.bool:
         raise ValueError(
-            f"valid: expected a bool tensor of shape {tuple(rewards.shape)}, "
-            f"got {valid.dtype} {tuple(valid.shape)}"
+            f"valid: expected a bool tensor of shape {tuple(rewards.shape)}, got {valid.dtype} {tuple(valid.shape)}"
         )
     if group_size < 1 or rewards.shape[0] % group_size:
-        raise ValueError(
-            f"group_size: {group_size} does not divide the batch of {rewards.shape[0]} rewards"
-        )
+        raise ValueError(f"group_size: {group_size} does not divide the batch of {rewards.shape[0]} rewards")
     if not torch.isfinite(rewards[valid]).all():
         raise ValueError("rewards: a valid reward is NaN or infinite (mark it invalid instead)")

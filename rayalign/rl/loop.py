@@ -164,17 +164,23 @@ def share_experiences(experiences: list[Experience] | None, rank: int, world_siz
     return box[0]
 
 
-def learn(learner, reference, job: RLJob, experiences: list[Experience], lr: float, rank: int, world_size: int) -> LearnStats:
+def learn(
+    learner, reference, job: RLJob, experiences: list[Experience], lr: float, rank: int, world_size: int
+) -> LearnStats:
     """rl.epochs_per_step optimizer steps on this rank's share; stats over all ranks."""
     r = job.cfg.rl
     mine = shard(experiences, rank, world_size)
-    batches = [pad_experiences(mine[i : i + r.micro_batch_size], job.pad_id) for i in range(0, len(mine), r.micro_batch_size)]
+    batches = [
+        pad_experiences(mine[i : i + r.micro_batch_size], job.pad_id) for i in range(0, len(mine), r.micro_batch_size)
+    ]
     device = learner.device
     refs = [reference_logprobs(reference, b, device, job) for b in batches]
     # The step's loss is a mean over all ranks' sequences (or tokens): each
     # micro-batch's mean is weighted by its share, times world_size because
     # the learners average gradients over ranks.
-    seqs, toks = global_sum([sum(float((b.mask.sum(-1) > 0).sum()) for b in batches), sum(float(b.mask.sum()) for b in batches)], device)
+    seqs, toks = global_sum(
+        [sum(float((b.mask.sum(-1) > 0).sum()) for b in batches), sum(float(b.mask.sum()) for b in batches)], device
+    )
     acc = defaultdict(float)
     grad_norm = float("nan")
     for _ in range(r.epochs_per_step):
@@ -184,8 +190,13 @@ def learn(learner, reference, job: RLJob, experiences: list[Experience], lr: flo
     loss, kl, clip, ratio, entropy = global_sum([acc[k] for k in keys], device)
     denom = max(toks, 1.0) * r.epochs_per_step
     return LearnStats(
-        loss=loss / world_size / r.epochs_per_step, kl=kl / denom, clip_fraction=clip / denom,
-        ratio_mean=ratio / denom if toks else 1.0, entropy=entropy / denom, grad_norm=grad_norm, tokens=int(toks),
+        loss=loss / world_size / r.epochs_per_step,
+        kl=kl / denom,
+        clip_fraction=clip / denom,
+        ratio_mean=ratio / denom if toks else 1.0,
+        entropy=entropy / denom,
+        grad_norm=grad_norm,
+        tokens=int(toks),
     )
 
 
@@ -237,8 +248,14 @@ def _micro_step(batch: PolicyBatch, ref: torch.Tensor, job: RLJob, seqs: float, 
         logits = _forward_logits(model, batch, device)
         logp = token_logprobs(logits, batch.completion_ids.to(device))  # (B, T)
         out = policy_loss(
-            logp, batch.old_logprobs.to(device), ref, batch.advantages.to(device), batch.mask.to(device),
-            clip_eps=r.clip_eps, kl_coef=r.kl_coef, aggregate=r.loss_aggregate,
+            logp,
+            batch.old_logprobs.to(device),
+            ref,
+            batch.advantages.to(device),
+            batch.mask.to(device),
+            clip_eps=r.clip_eps,
+            kl_coef=r.kl_coef,
+            aggregate=r.loss_aggregate,
         )
         acc["loss"] += float(out.loss.detach()) * weight
         acc["kl"] += out.kl * n_tokens
@@ -254,8 +271,14 @@ def learner_settings(job: RLJob, world_size: int) -> LearnerSettings:
     r = job.cfg.rl
     per_rank = r.prompts_per_step * r.group_size // world_size
     return LearnerSettings(
-        strategy=r.strategy, zero_stage=r.zero_stage, lr=r.lr, weight_decay=0.0, max_grad_norm=r.max_grad_norm,
-        micro_batch_size=r.micro_batch_size, grad_accum=per_rank // r.micro_batch_size, use_gpu=job.use_gpu,
+        strategy=r.strategy,
+        zero_stage=r.zero_stage,
+        lr=r.lr,
+        weight_decay=0.0,
+        max_grad_norm=r.max_grad_norm,
+        micro_batch_size=r.micro_batch_size,
+        grad_accum=per_rank // r.micro_batch_size,
+        use_gpu=job.use_gpu,
         bf16=job.use_gpu and torch_dtype(job.cfg.model.dtype, "cuda") == torch.bfloat16,
     )
 
@@ -320,8 +343,12 @@ class _Progress:
     def report(self, state: RLState) -> dict:
         """The metrics sent with a checkpoint; the driver builds RLResult from them."""
         return dict(
-            step=state.step, start_step=self.start_step, rewards=list(self.rewards), kls=list(self.kls),
-            prompts_seen=state.prompts_seen, policy_version=state.policy_version,
+            step=state.step,
+            start_step=self.start_step,
+            rewards=list(self.rewards),
+            kls=list(self.kls),
+            prompts_seen=state.prompts_seen,
+            policy_version=state.policy_version,
             completions_per_s=self.completions / max(self.seconds, 1e-9),
         )
 
@@ -398,11 +425,16 @@ def rl_loop(config: dict) -> None:
             for step in range(state.step, r.steps):
                 timings: dict[str, float] = {}
                 with _timed(timings, "step"):
-                    prepared, experiences, stats = _step(job, step, state, rollouts, learner, reference, rank, world_size, timings)
+                    prepared, experiences, stats = _step(
+                        job, step, state, rollouts, learner, reference, rank, world_size, timings
+                    )
                 staleness = state.policy_version - min(e.policy_version for e in experiences)
                 state = dataclasses.replace(
-                    state, step=step + 1, policy_version=state.policy_version + 1,
-                    prompts_seen=state.prompts_seen + r.prompts_per_step, samples_seen=state.samples_seen + len(experiences),
+                    state,
+                    step=step + 1,
+                    policy_version=state.policy_version + 1,
+                    prompts_seen=state.prompts_seen + r.prompts_per_step,
+                    samples_seen=state.samples_seen + len(experiences),
                 )
                 if rank == 0:
                     _log_step(tracker, progress, prepared, stats, state, timings | prepared.timings, staleness, r)
@@ -432,8 +464,12 @@ def _step(job: RLJob, step: int, state: RLState, rollouts, learner, reference, r
     return prepared, experiences, stats
 
 
-def _log_step(tracker, progress, prepared: Prepared, stats: LearnStats, state: RLState, timings, staleness: int, r) -> None:
-    metrics = step_metrics(prepared.judged, stats, state.policy_version, state.prompts_seen, timings) | {"rl/staleness": staleness}
+def _log_step(
+    tracker, progress, prepared: Prepared, stats: LearnStats, state: RLState, timings, staleness: int, r
+) -> None:
+    metrics = step_metrics(prepared.judged, stats, state.policy_version, state.prompts_seen, timings) | {
+        "rl/staleness": staleness
+    }
     tracker.log(metrics, step=state.step)
     progress.rewards.append(metrics["rl/reward_mean"])
     progress.kls.append(stats.kl)

@@ -145,10 +145,6 @@ def _check_shapes(
         raise ValueError(f"logprobs: expected shape (B, T), got {tuple(logprobs.shape)}")
     for name, t in (("old_logprobs", old_logprobs), ("ref_logprobs", ref_logprobs), ("mask", mask)):
         if t.shape != logprobs.shape:
-            raise ValueError(
-                f"{name}: expected shape {tuple(logprobs.shape)} like logprobs, got {tuple(t.shape)}"
-            )
+            raise ValueError(f"{name}: expected shape {tuple(logprobs.shape)} like logprobs, got {tuple(t.shape)}")
     if advantages.shape != logprobs.shape[:1]:
-        raise ValueError(
-            f"advantages: expected shape ({logprobs.shape[0]},), got {tuple(advantages.shape)}"
-        )
+        raise ValueError(f"advantages: expected shape ({logprobs.shape[0]},), got {tuple(advantages.shape)}")

@@ -38,7 +38,9 @@ class LearnStats:
     tokens: int
 
 
-def step_metrics(judged: Judged, stats: LearnStats, policy_version: int, prompts_seen: int, timings: dict[str, float]) -> dict[str, float]:
+def step_metrics(
+    judged: Judged, stats: LearnStats, policy_version: int, prompts_seen: int, timings: dict[str, float]
+) -> dict[str, float]:
     """The step's metrics, named ``rl/...`` and ``timing/<phase>``."""
     scored = [x for x in judged.rewards if x is not None]
     n = len(judged.rewards)
@@ -79,9 +81,15 @@ def table_rows(judged: Judged) -> list[list]:
     rows = []
     for i in range(min(TABLE_ROWS, len(judged.rollouts))):
         prompt, completion, verdict = judged.prompts[i // group_size], judged.completions[i], judged.verdicts[i]
-        rows.append([
-            prompt.messages[-1].content, prompt.category or "", completion.reasoning, completion.answer,
-            judged.rewards[i], verdict.score if verdict else None,
-            (verdict.explanation if verdict else f"malformed: {completion.malformed}"),
-        ])
+        rows.append(
+            [
+                prompt.messages[-1].content,
+                prompt.category or "",
+                completion.reasoning,
+                completion.answer,
+                judged.rewards[i],
+                verdict.score if verdict else None,
+                (verdict.explanation if verdict else f"malformed: {completion.malformed}"),
+            ]
+        )
     return rows

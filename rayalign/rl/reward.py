@@ -73,9 +73,7 @@ def shape_reward(
     if verdict.score is None:
         # An "ok" verdict always carries a score; silently treating this as
         # unscorable would hide a judge-parsing bug.
-        raise ValueError(
-            f"verdict.score: None on a verdict with status 'ok' ({verdict.request_id})"
-        )
+        raise ValueError(f"verdict.score: None on a verdict with status 'ok' ({verdict.request_id})")
     return verdict.score * shaping.scale - length_term
 
 
@@ -93,9 +91,7 @@ def shape_rollout_reward(
     >>> shape_rollout_reward(r, c, None, 256, RewardShaping())
     -1.0
     """
-    return shape_reward(
-        verdict, completion.malformed is not None, len(rollout.token_ids), max_new_tokens, shaping
-    )
+    return shape_reward(verdict, completion.malformed is not None, len(rollout.token_ids), max_new_tokens, shaping)
 
 
 def reward_tensors(rewards: Sequence[float | None]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,9 +105,7 @@ def reward_tensors(rewards: Sequence[float | None]) -> tuple[torch.Tensor, torch
     ([True, False], True, True)
     """
     valid = torch.tensor([r is not None for r in rewards], dtype=torch.bool)  # (B,)
-    values = torch.tensor(
-        [math.nan if r is None else float(r) for r in rewards], dtype=torch.float32
-    )  # (B,)
+    values = torch.tensor([math.nan if r is None else float(r) for r in rewards], dtype=torch.float32)  # (B,)
     return values, valid
 
 

@@ -86,9 +86,14 @@ def run_rl(cfg: Config, output_dir: str | Path, *, resume: bool = True, log=prin
         raise RuntimeError(f"RL finished without a checkpoint in {storage}")
     m = result.metrics
     return RLResult(
-        steps=int(m["step"]), start_step=int(m["start_step"]), rewards=tuple(m["rewards"]), kls=tuple(m["kls"]),
-        prompts_seen=int(m["prompts_seen"]), policy_version=int(m["policy_version"]),
-        completions_per_s=float(m["completions_per_s"]), checkpoint=Path(result.checkpoint.path),
+        steps=int(m["step"]),
+        start_step=int(m["start_step"]),
+        rewards=tuple(m["rewards"]),
+        kls=tuple(m["kls"]),
+        prompts_seen=int(m["prompts_seen"]),
+        policy_version=int(m["policy_version"]),
+        completions_per_s=float(m["completions_per_s"]),
+        checkpoint=Path(result.checkpoint.path),
         model_dir=publish_model(result.checkpoint, output_dir / "model"),
     )
 
@@ -99,9 +104,13 @@ def _train(cfg: Config, prompts, model_path: Path, storage):
     try:
         pool.wait_ready()
         job = RLJob(
-            cfg=cfg, model_path=str(model_path), prompts=ray.put(prompts),
-            fingerprint=prompts_fingerprint([p.id for p in prompts]), pool=pool,
-            pad_id=load_tokenizer(str(model_path)).pad_token_id, run_dir=str(Path(cfg.tracking.run_dir).resolve()),
+            cfg=cfg,
+            model_path=str(model_path),
+            prompts=ray.put(prompts),
+            fingerprint=prompts_fingerprint([p.id for p in prompts]),
+            pool=pool,
+            pad_id=load_tokenizer(str(model_path)).pad_token_id,
+            run_dir=str(Path(cfg.tracking.run_dir).resolve()),
             use_gpu=cfg.rl.gpus_per_worker > 0,
         )
         return ray_trainer(rl_loop, job, cfg.rl, storage, RUN_NAME).fit()

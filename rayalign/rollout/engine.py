@@ -45,7 +45,6 @@ class EngineConfig:
             tensor_parallel_size=r.tensor_parallel_size,
         )
 
-
     @classmethod
     def for_judge(cls, cfg) -> EngineConfig:
         """The local judge model's engine: ``judge.model`` (or the base policy) on the judge's threads and device."""

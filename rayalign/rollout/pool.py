@@ -71,7 +71,9 @@ class RolloutPool:
         """Block until every actor has built its engine; returns their WorkerInfo."""
         return ray.get([a.info.remote() for a in self.actors], timeout=timeout_s)
 
-    def generate(self, prompts: Sequence[Prompt], settings: SamplingSettings, chunk_size: int | None = None) -> list[Rollout]:
+    def generate(
+        self, prompts: Sequence[Prompt], settings: SamplingSettings, chunk_size: int | None = None
+    ) -> list[Rollout]:
         """Rollouts for every prompt, in prompt order, each prompt sampled exactly once."""
         if not prompts:
             return []

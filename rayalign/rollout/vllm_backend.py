@@ -35,7 +35,11 @@ def engine_env(config: EngineConfig) -> dict[str, str]:
     """Environment a vLLM sampler process needs."""
     if config.device != "cpu":
         return {}
-    return {**CPU_ENV, "VLLM_CPU_KVCACHE_SPACE": f"{max(1, round(config.kv_cache_gib))}", "OMP_NUM_THREADS": str(config.threads)}
+    return {
+        **CPU_ENV,
+        "VLLM_CPU_KVCACHE_SPACE": f"{max(1, round(config.kv_cache_gib))}",
+        "OMP_NUM_THREADS": str(config.threads),
+    }
 
 
 class VLLMBackend:
@@ -99,9 +103,7 @@ class VLLMBackend:
             )
             for seed in seeds
         ]
-        outputs = self.llm.generate(
-            [TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params, use_tqdm=False
-        )
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params, use_tqdm=False)
         return [[_sampled(o) for o in out.outputs] for out in outputs]
 
     def load_weights(self, state: Mapping) -> None:

@@ -238,7 +238,9 @@ class RowStats:
     loss_tokens: int
 
 
-def build_rows(tokenizer, examples: Sequence[SFTExample], max_seq_len: int, packing: bool) -> tuple[list[Row], RowStats]:
+def build_rows(
+    tokenizer, examples: Sequence[SFTExample], max_seq_len: int, packing: bool
+) -> tuple[list[Row], RowStats]:
     """Tokenize, cut to length and (optionally) pack a list of examples."""
     fit = fit_length([tokenize_example(tokenizer, e) for e in examples], max_seq_len)
     rows = pack(fit.sequences, max_seq_len) if packing else one_per_row(fit.sequences)

@@ -106,9 +106,15 @@ class StepStats:
 def learner_settings(job: SFTJob) -> LearnerSettings:
     s = job.cfg.sft
     return LearnerSettings(
-        strategy=s.strategy, zero_stage=s.zero_stage, lr=s.lr, weight_decay=s.weight_decay,
-        max_grad_norm=s.max_grad_norm, micro_batch_size=s.micro_batch_size, grad_accum=s.grad_accum,
-        lora=s.lora_rank > 0, use_gpu=job.use_gpu,
+        strategy=s.strategy,
+        zero_stage=s.zero_stage,
+        lr=s.lr,
+        weight_decay=s.weight_decay,
+        max_grad_norm=s.max_grad_norm,
+        micro_batch_size=s.micro_batch_size,
+        grad_accum=s.grad_accum,
+        lora=s.lora_rank > 0,
+        use_gpu=job.use_gpu,
         bf16=job.use_gpu and torch_dtype(job.cfg.model.dtype, "cuda") == torch.bfloat16,
     )
 
@@ -191,8 +197,13 @@ def restore(learner, job: SFTJob, rank: int, world_size: int) -> TrainState:
 def _step(learner, rows, job: SFTJob, step: int, rank: int, world_size: int, lr: float, ctx_scale: float) -> StepStats:
     s = job.cfg.sft
     plan = step_rows(
-        job.num_rows, step, world_size=world_size, rank=rank,
-        micro_batch_size=s.micro_batch_size, grad_accum=s.grad_accum, seed=job.cfg.data.seed,
+        job.num_rows,
+        step,
+        world_size=world_size,
+        rank=rank,
+        micro_batch_size=s.micro_batch_size,
+        grad_accum=s.grad_accum,
+        seed=job.cfg.data.seed,
     )
     batches = []
     for indices in plan:
@@ -222,8 +233,14 @@ class _Progress:
 
     def report(self, state: TrainState) -> dict:
         """The metrics sent with a checkpoint; the driver builds SFTResult from them."""
-        return dict(step=state.step, start_step=self.start_step, loss=self.losses[-1], losses=list(self.losses),
-                    tokens_per_s=self.tokens / max(self.seconds, 1e-9), tokens_seen=state.tokens_seen)
+        return dict(
+            step=state.step,
+            start_step=self.start_step,
+            loss=self.losses[-1],
+            losses=list(self.losses),
+            tokens_per_s=self.tokens / max(self.seconds, 1e-9),
+            tokens_seen=state.tokens_seen,
+        )
 
 
 def _due(step: int, every: int, total: int) -> bool:
@@ -258,8 +275,13 @@ def train_loop(config: dict) -> None:
                 report_checkpoint(learner, tokenizer, asdict(state), state.step, rank, progress.report(state))
                 tracker.log({"timing/checkpoint": time.perf_counter() - began}, step=state.step)
         if progress.losses:
-            tracker.summary({"sft/final_loss": progress.losses[-1], "sft/steps": state.step,
-                             "sft/train_tokens_per_s": progress.tokens / max(progress.seconds, 1e-9)})
+            tracker.summary(
+                {
+                    "sft/final_loss": progress.losses[-1],
+                    "sft/steps": state.step,
+                    "sft/train_tokens_per_s": progress.tokens / max(progress.seconds, 1e-9),
+                }
+            )
 
 
 def _metrics(lr: float, stats: StepStats, state: TrainState, seconds: float) -> dict[str, float]:

@@ -71,13 +71,24 @@ def prepare_job(cfg: Config, examples_path: str | Path, run_dir: Path) -> SFTJob
     if not rows:
         raise SFTDataError("no example left to train on", file=str(examples_path))
     if stats.truncated or stats.dropped:
-        log.warning("sft: %d examples cut to sft.max_seq_len=%d, %d dropped (prompt alone too long)",
-                    stats.truncated, cfg.sft.max_seq_len, stats.dropped)
+        log.warning(
+            "sft: %d examples cut to sft.max_seq_len=%d, %d dropped (prompt alone too long)",
+            stats.truncated,
+            cfg.sft.max_seq_len,
+            stats.dropped,
+        )
     total, per_epoch = _total_steps(cfg, len(rows))
     return SFTJob(
-        cfg=cfg, model_path=str(Path(model_path).resolve()), rows=ray.put(rows), num_rows=len(rows),
-        fingerprint=rows_fingerprint(rows), total_steps=total, steps_per_epoch=per_epoch,
-        pad_id=tokenizer.pad_token_id, run_dir=str(run_dir.resolve()), use_gpu=cfg.sft.gpus_per_worker > 0,
+        cfg=cfg,
+        model_path=str(Path(model_path).resolve()),
+        rows=ray.put(rows),
+        num_rows=len(rows),
+        fingerprint=rows_fingerprint(rows),
+        total_steps=total,
+        steps_per_epoch=per_epoch,
+        pad_id=tokenizer.pad_token_id,
+        run_dir=str(run_dir.resolve()),
+        use_gpu=cfg.sft.gpus_per_worker > 0,
         data=stats,
     )
 
@@ -101,6 +112,11 @@ def run_sft(cfg: Config, examples_path: str | Path, output_dir: str | Path, *, r
     model_dir = publish_model(result.checkpoint, output_dir / "model")
     m = result.metrics
     return SFTResult(
-        steps=int(m["step"]), start_step=int(m["start_step"]), final_loss=float(m["loss"]), losses=tuple(m["losses"]),
-        tokens_per_s=float(m["tokens_per_s"]), checkpoint=Path(result.checkpoint.path), model_dir=model_dir,
+        steps=int(m["step"]),
+        start_step=int(m["start_step"]),
+        final_loss=float(m["loss"]),
+        losses=tuple(m["losses"]),
+        tokens_per_s=float(m["tokens_per_s"]),
+        checkpoint=Path(result.checkpoint.path),
+        model_dir=model_dir,
     )

@@ -91,13 +91,17 @@ def generation_prompt(spec: Spec, templates: GenerationTemplates, prompt: Prompt
     itself is not modified: keep it to build the SFT example without the spec.
     """
     category = prompt.category or "none given"
-    system = Template(templates.system).substitute(
-        spec=render_for(spec, prompt.category),
-        category=category,
-        format_instructions=FORMAT_INSTRUCTIONS,
-        think_open=THINK_OPEN,
-        think_close=THINK_CLOSE,
-    ).rstrip()
+    system = (
+        Template(templates.system)
+        .substitute(
+            spec=render_for(spec, prompt.category),
+            category=category,
+            format_instructions=FORMAT_INSTRUCTIONS,
+            think_open=THINK_OPEN,
+            think_close=THINK_CLOSE,
+        )
+        .rstrip()
+    )
     leading = len(list(takewhile(lambda m: m.role == "system", prompt.messages)))
     if leading:
         own = "\n\n".join(m.content for m in prompt.messages[:leading])

@@ -156,6 +156,7 @@ def unscorable_reasons(decisions: Sequence[Decision], top: int = 3) -> list[tupl
 
 def format_report(stats: dict[str, CategoryStats]) -> str:
     """The filter summary as a Markdown table."""
+
     def num(x: float | None) -> str:
         return "-" if x is None else f"{x:.2f}"
 

@@ -95,7 +95,11 @@ def _run_shards(cfg, spec, shards: list[list[Prompt]], todo: list[int], log) -> 
     r = cfg.rollout
     templates = load_generation_templates(cfg.spec.path)
     settings = sampling_settings(
-        n=r.n, temperature=r.temperature, top_p=r.top_p, max_new_tokens=r.max_new_tokens, seed=r.seed,
+        n=r.n,
+        temperature=r.temperature,
+        top_p=r.top_p,
+        max_new_tokens=r.max_new_tokens,
+        seed=r.seed,
         enforce_format=r.enforce_format,
     )
     filter_settings = _FilterSettings(
@@ -110,7 +114,10 @@ def _run_shards(cfg, spec, shards: list[list[Prompt]], todo: list[int], log) -> 
     resources = PoolResources.from_config(cfg)
     resources = PoolResources(min(resources.num_workers, len(todo)), resources.cpus, resources.gpus, resources.resource)
     ds = sample_dataset(
-        prompts_dataset(conditioned, shard=todo, originals=originals), EngineConfig.from_config(cfg), resources, settings
+        prompts_dataset(conditioned, shard=todo, originals=originals),
+        EngineConfig.from_config(cfg),
+        resources,
+        settings,
     ).map_batches(_judge_and_write, fn_kwargs={"settings": filter_settings}, batch_size=1, num_cpus=0)
     for row in ds.iter_rows():
         done = json.loads(row["summary"])
@@ -142,7 +149,10 @@ def _filter_shard(client: JudgeClient, prompts, rollouts, settings: _FilterSetti
         candidates[r.prompt_id].append(sample_filter.Candidate(r, c, verdicts.get(f"{r.prompt_id}#{r.sample_index}")))
     return [
         sample_filter.select(
-            p, candidates[p.id], min_score=settings.min_score, keep_per_prompt=settings.keep_per_prompt,
+            p,
+            candidates[p.id],
+            min_score=settings.min_score,
+            keep_per_prompt=settings.keep_per_prompt,
             provenance=settings.provenance,
         )
         for p in prompts

@@ -93,9 +93,7 @@ def _read_builtin(name: str, categories: Collection[str] | None) -> list[Prompt]
         return _read_file(path, FieldMapping(), categories, f"builtin:{name}")
 
 
-def _read_file(
-    path: Path, mapping: FieldMapping, categories: Collection[str] | None, source: str
-) -> list[Prompt]:
+def _read_file(path: Path, mapping: FieldMapping, categories: Collection[str] | None, source: str) -> list[Prompt]:
     prompts, first_line = [], {}
     for row, (line, record) in enumerate(_file_rows(path)):
         prompt = _prompt_from_record(record, mapping, categories, path=str(path), line=line, row=row)
@@ -244,9 +242,7 @@ def _user_turns(prompt: Prompt) -> list[Message]:
     return [m for m in prompt.messages if m.role == "user"]
 
 
-def decontaminate(
-    train: Sequence[Prompt], eval_sets: Sequence[Sequence[Prompt]]
-) -> tuple[list[Prompt], int]:
+def decontaminate(train: Sequence[Prompt], eval_sets: Sequence[Sequence[Prompt]]) -> tuple[list[Prompt], int]:
     """Drop training prompts with a user turn that is an evaluation request, after :func:`normalize`.
 
     An evaluation request is the last user message of an evaluation prompt.
@@ -269,9 +265,7 @@ def _digest(seed: int, text: str) -> str:
     return hashlib.sha256(f"{seed}:{text}".encode()).hexdigest()
 
 
-def _eval_counts(
-    sizes: Mapping[str | None, int], fraction: float, seed: int
-) -> dict[str | None, int]:
+def _eval_counts(sizes: Mapping[str | None, int], fraction: float, seed: int) -> dict[str | None, int]:
     """Held-out prompts per category: largest remainder, so the total is round(N * fraction).
 
     A category keeps at least one prompt in train, so a lone prompt never goes to eval.
@@ -288,9 +282,7 @@ def _eval_counts(
     return counts
 
 
-def split(
-    prompts: Sequence[Prompt], eval_fraction: float, seed: int
-) -> tuple[list[Prompt], list[Prompt]]:
+def split(prompts: Sequence[Prompt], eval_fraction: float, seed: int) -> tuple[list[Prompt], list[Prompt]]:
     """Hold out ``eval_fraction`` of the prompts, stratified by category; deterministic.
 
     Each category gives its share (largest remainder, so the total is

@@ -24,7 +24,9 @@ def test_spec_validate_duplicate_id_fails_with_file_and_line(repo, fixtures, tmp
     spec = tmp_path / "spec"
     shutil.copytree(fixtures / "spec_small", spec)
     beta = spec / "categories/beta.yaml"
-    beta.write_text(beta.read_text().replace("id: beta.Y1", "id: beta.Y1\n    applies_to: comply\n    text: x\n  - id: beta.Y1"))
+    beta.write_text(
+        beta.read_text().replace("id: beta.Y1", "id: beta.Y1\n    applies_to: comply\n    text: x\n  - id: beta.Y1")
+    )
     result = rayalign("spec", "validate", str(spec), cwd=repo)
     assert result.returncode == 2
     assert f"{beta}:19: style[1].id: duplicate rule id 'beta.Y1' (first defined at {beta}:16)" in result.stderr
@@ -42,7 +44,9 @@ def test_spec_show_self_harm(repo):
 
 def test_typo_in_config_fails_before_ray_starts(repo, tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text((repo / "configs/quickstart.yaml").read_text().replace("  group_size: 4", "  group_size: 4\n  kl_coeff: 0.1"))
+    bad.write_text(
+        (repo / "configs/quickstart.yaml").read_text().replace("  group_size: 4", "  group_size: 4\n  kl_coeff: 0.1")
+    )
     start = time.perf_counter()
     result = rayalign("config", "validate", str(bad), cwd=repo)
     assert result.returncode == 2

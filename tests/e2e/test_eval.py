@@ -44,7 +44,9 @@ def _run_twice(repo, tiny_model, tmp_path):
     logs: list[str] = []
     rerun_logs: list[str] = []
     try:
-        result = run_eval(cfg, targets, BENCHMARKS, tmp_path / "eval", limit=LIMIT, log=lambda line: (logs.append(line), print(line)))
+        result = run_eval(
+            cfg, targets, BENCHMARKS, tmp_path / "eval", limit=LIMIT, log=lambda line: (logs.append(line), print(line))
+        )
         # Run again on the same directory, as after a kill while judging: the saved answers are reused.
         rerun = run_eval(cfg, targets, BENCHMARKS, tmp_path / "eval", limit=LIMIT, log=rerun_logs.append)
     finally:

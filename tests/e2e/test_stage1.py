@@ -22,7 +22,16 @@ OVERRIDES = [
 
 
 def _generate(repo, run_dir, *extra, timeout=600):
-    cmd = [sys.executable, "-m", "rayalign.cli", "generate", "configs/quickstart.yaml", *OVERRIDES, f"--tracking.run_dir={run_dir}", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "rayalign.cli",
+        "generate",
+        "configs/quickstart.yaml",
+        *OVERRIDES,
+        f"--tracking.run_dir={run_dir}",
+        *extra,
+    ]
     return subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=timeout)
 
 
@@ -51,14 +60,32 @@ def test_generate_writes_filtered_sft_data_without_the_spec(repo, tiny_model, tm
     again = _generate(repo, run_dir)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "2 already done" in again.stdout
-    redone = [json.loads(line) for s in sorted((stage / "shards").glob("shard-*.jsonl")) for line in s.read_text().splitlines()]
+    redone = [
+        json.loads(line)
+        for s in sorted((stage / "shards").glob("shard-*.jsonl"))
+        for line in s.read_text().splitlines()
+    ]
     assert sorted(d["prompt_id"] for d in redone) == sorted(d["prompt_id"] for d in decisions)
 
     # Then SFT on that data, as the README's main command runs it.
     sft = subprocess.run(
-        [sys.executable, "-m", "rayalign.cli", "sft", "configs/quickstart.yaml", *OVERRIDES, f"--tracking.run_dir={run_dir}",
-         "--sft.max_steps=3", "--sft.micro_batch_size=2", "--sft.max_seq_len=256", "--sft.checkpoint_every=3"],
-        cwd=repo, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "rayalign.cli",
+            "sft",
+            "configs/quickstart.yaml",
+            *OVERRIDES,
+            f"--tracking.run_dir={run_dir}",
+            "--sft.max_steps=3",
+            "--sft.micro_batch_size=2",
+            "--sft.max_seq_len=256",
+            "--sft.checkpoint_every=3",
+        ],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert sft.returncode == 0, sft.stderr[-3000:]
     assert "SFT done" in sft.stdout and (run_dir / "sft" / "model" / "config.json").exists()

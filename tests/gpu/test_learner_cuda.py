@@ -13,7 +13,11 @@ from rayalign.types import Message, Prompt, SFTExample
 
 def _examples():
     return [
-        SFTExample(Prompt(f"p{i}", (Message("user", f"question {i} about processes"),)), f"rule A{i} applies", "Run kill." * (i + 1))
+        SFTExample(
+            Prompt(f"p{i}", (Message("user", f"question {i} about processes"),)),
+            f"rule A{i} applies",
+            "Run kill." * (i + 1),
+        )
         for i in range(4)
     ]
 
@@ -27,7 +31,9 @@ def test_packed_loss_matches_unpacked_on_cuda(tiny_model, dtype, tol):
     assert len(packed_rows) < len(examples)
     with torch.no_grad():
         packed = collate(packed_rows, tokenizer.pad_token_id)
-        logits = model(input_ids=packed.input_ids.cuda(), position_ids=packed.position_ids.cuda(), use_cache=False).logits
+        logits = model(
+            input_ids=packed.input_ids.cuda(), position_ids=packed.position_ids.cuda(), use_cache=False
+        ).logits
         total_packed, n_packed = loss_sum(logits, packed.labels.cuda())
         total_single, n_single = 0.0, 0
         for e in examples:

@@ -27,7 +27,9 @@ def _check_logprobs(rollouts, dtype):
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_transformers_backend_on_cuda(tiny_model, dtype):
-    worker = RolloutWorker(EngineConfig(model=tiny_model, backend="transformers", dtype=dtype, device="cuda", max_model_len=512))
+    worker = RolloutWorker(
+        EngineConfig(model=tiny_model, backend="transformers", dtype=dtype, device="cuda", max_model_len=512)
+    )
     rollouts = worker.generate(PROMPTS, SamplingSettings(n=4, temperature=1.0, max_new_tokens=24, seed=0))
     assert len(rollouts) == 32 and all(len(r.token_ids) == len(r.logprobs) > 0 for r in rollouts)
     _check_logprobs(rollouts[::7], dtype)
@@ -35,7 +37,16 @@ def test_transformers_backend_on_cuda(tiny_model, dtype):
 
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="CUDA vLLM not installed")
 def test_vllm_backend_on_cuda_with_weight_update(tiny_model):
-    worker = RolloutWorker(EngineConfig(model=tiny_model, backend="vllm", dtype="float32", device="cuda", max_model_len=512, gpu_memory_utilization=0.3))
+    worker = RolloutWorker(
+        EngineConfig(
+            model=tiny_model,
+            backend="vllm",
+            dtype="float32",
+            device="cuda",
+            max_model_len=512,
+            gpu_memory_utilization=0.3,
+        )
+    )
     greedy = SamplingSettings(n=1, temperature=0.0, max_new_tokens=12)
     before = worker.generate(PROMPTS[:2], greedy)
     _check_logprobs(before, "float32")

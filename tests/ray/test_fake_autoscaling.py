@@ -42,8 +42,10 @@ def fake_cluster(repo, tmp_path_factory):
     path.write_text(yaml.safe_dump(config))
     # AUTOSCALER_UPDATE_INTERVAL_S: react within a second, not five.
     env = ray_env(RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1")
-    head = start_head(["--num-cpus=2", "--num-gpus=0", f"--port={port}", "--include-dashboard=false",
-                       f"--autoscaling-config={path}"], env)
+    head = start_head(
+        ["--num-cpus=2", "--num-gpus=0", f"--port={port}", "--include-dashboard=false", f"--autoscaling-config={path}"],
+        env,
+    )
     yield head
     leftovers = stop_head(head)
     assert not leftovers, f"processes of the test's Ray head (or its fake nodes) survived teardown: {leftovers}"
@@ -68,8 +70,13 @@ def active_nodes(status: str) -> list[str]:
 
 
 def _ray_status(head: PrivateHead) -> str:
-    result = subprocess.run([str(VENV_BIN / "ray"), "status", f"--address={head.address}"],
-                            env=head.env, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [str(VENV_BIN / "ray"), "status", f"--address={head.address}"],
+        env=head.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     return result.stdout
 
 
@@ -99,12 +106,27 @@ def judged_on_a_new_node(fake_cluster, repo, tmp_path_factory) -> ScaledStage:
     tmp = tmp_path_factory.mktemp("stage")
     requests, out = tmp / "requests.jsonl", tmp / "verdicts.jsonl"
     requests.write_text("".join(json.dumps(r) + "\n" for r in REQUESTS))
-    cmd = [str(VENV_BIN / "rayalign"), "judge", "score", str(requests), "--config", "configs/quickstart.yaml",
-           *FUNCTION_JUDGE, *JUDGE_ON_ITS_OWN_NODE, "--out", str(out)]
-    result = subprocess.run(cmd, cwd=repo, env={**head.env, "RAY_ADDRESS": head.address},
-                            capture_output=True, text=True, timeout=240)
+    cmd = [
+        str(VENV_BIN / "rayalign"),
+        "judge",
+        "score",
+        str(requests),
+        "--config",
+        "configs/quickstart.yaml",
+        *FUNCTION_JUDGE,
+        *JUDGE_ON_ITS_OWN_NODE,
+        "--out",
+        str(out),
+    ]
+    result = subprocess.run(
+        cmd, cwd=repo, env={**head.env, "RAY_ADDRESS": head.address}, capture_output=True, text=True, timeout=240
+    )
     verdicts = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
-    after = _wait_for_status(head, lambda s: "judge_worker" in active_nodes(s)) if result.returncode == 0 else _ray_status(head)
+    after = (
+        _wait_for_status(head, lambda s: "judge_worker" in active_nodes(s))
+        if result.returncode == 0
+        else _ray_status(head)
+    )
     return ScaledStage(before, result, verdicts, after)
 
 
@@ -117,7 +139,10 @@ def test_stage_needing_judge_completes_on_a_launched_judge_worker(judged_on_a_ne
     stage = judged_on_a_new_node
     monitor_log = (fake_cluster.temp_dir / "session_latest/logs/monitor.log").read_text(errors="replace")
     assert stage.result.returncode == 0, stage.result.stderr[-3000:] + "\n--- autoscaler:\n" + monitor_log[-3000:]
-    assert [(v["request_id"], v["status"], v["score"]) for v in stage.verdicts] == [("a", "ok", 9.25), ("b", "ok", 1.905)]
+    assert [(v["request_id"], v["status"], v["score"]) for v in stage.verdicts] == [
+        ("a", "ok", 9.25),
+        ("b", "ok", 1.905),
+    ]
     assert sorted(active_nodes(stage.after)) == ["judge_worker", "ray.head.default"]
     assert "1.0/1.0 judge" in stage.after  # the judge replica holds the new node's unit
     assert "Launching 1 nodes, type judge_worker." in monitor_log  # the autoscaler's own account

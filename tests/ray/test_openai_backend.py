@@ -42,9 +42,7 @@ def _free_port() -> int:
 
 
 def _conversations(k: int) -> list[list[Message]]:
-    return [
-        [Message("system", "You are a judge."), Message("user", f"question {i}")] for i in range(k)
-    ]
+    return [[Message("system", "You are a judge."), Message("user", f"question {i}")] for i in range(k)]
 
 
 def _run(judge: OpenAIJudge, conversations, n: int):
@@ -77,9 +75,7 @@ def vllm_server(tiny_model, tmp_path_factory):
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}  # GiB; the default wants far more
     with open(log_path, "wb") as log:
         # A session of its own, so teardown can end the server and its engine process together.
-        proc = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     base_url = f"http://127.0.0.1:{port}/v1"
     try:
         _wait_ready(proc, base_url, log_path)
@@ -92,9 +88,7 @@ def _wait_ready(proc: subprocess.Popen, base_url: str, log_path) -> None:
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            pytest.fail(
-                f"vLLM server exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}"
-            )
+            pytest.fail(f"vLLM server exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
         try:
             if httpx.get(f"{base_url}/models", timeout=2).status_code == 200:
                 return
@@ -153,9 +147,7 @@ def test_a_400_about_another_parameter_does_not_drop_n(vllm_server):
 
 
 def test_connection_refused_is_retried_then_raised():
-    settings = OpenAISettings(
-        f"http://127.0.0.1:{_free_port()}/v1", "tiny", max_retries=2, backoff_s=0.01
-    )
+    settings = OpenAISettings(f"http://127.0.0.1:{_free_port()}/v1", "tiny", max_retries=2, backoff_s=0.01)
     judge = OpenAIJudge(settings)
     with pytest.raises(JudgeHTTPError, match="no response after 3 attempt") as caught:
         _run(judge, _conversations(1), n=1)
@@ -213,9 +205,7 @@ class ScriptedServer:
 
 def test_429_waits_for_retry_after_then_succeeds():
     def respond(body, i):
-        return (
-            (429, {"Retry-After": "0.3"}, {"error": {"message": "slow down"}}) if i == 0 else _ok(1)
-        )
+        return (429, {"Retry-After": "0.3"}, {"error": {"message": "slow down"}}) if i == 0 else _ok(1)
 
     with ScriptedServer(respond) as server:
         judge = OpenAIJudge(OpenAISettings(server.base_url, "j", backoff_s=0.001))

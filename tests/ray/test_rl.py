@@ -27,18 +27,36 @@ def write_prompts(path):
 
 
 def rl_config(run_dir, prompts, init, *overrides):
-    return load_config(None, [
-        "--model.policy=builtin:tiny", f"--rl.init={init}", "--model.max_model_len=512",
-        f"--data.prompts=[{prompts}]", "--data.eval_fraction=0",
-        "--rollout.backend=vllm", "--rollout.cpus_per_worker=0.5",
-        "--judge.backend=function", "--judge.function=rayalign.testing:short_refusal_judge",
-        "--judge.cpus_per_replica=0.25", "--judge.timeout_s=60",
-        "--rl.prompts_per_step=4", "--rl.group_size=4", "--rl.max_new_tokens=96",
-        "--rl.num_workers=2", "--rl.cpus_per_worker=0.5", "--rl.micro_batch_size=4",
-        "--rl.strategy=deepspeed", "--rl.zero_stage=2", "--rl.lr=5e-4", "--rl.kl_coef=0.01",
-        "--rl.table_every=2",
-        f"--tracking.run_dir={run_dir}", "--tracking.wandb_mode=disabled", *overrides,
-    ])
+    return load_config(
+        None,
+        [
+            "--model.policy=builtin:tiny",
+            f"--rl.init={init}",
+            "--model.max_model_len=512",
+            f"--data.prompts=[{prompts}]",
+            "--data.eval_fraction=0",
+            "--rollout.backend=vllm",
+            "--rollout.cpus_per_worker=0.5",
+            "--judge.backend=function",
+            "--judge.function=rayalign.testing:short_refusal_judge",
+            "--judge.cpus_per_replica=0.25",
+            "--judge.timeout_s=60",
+            "--rl.prompts_per_step=4",
+            "--rl.group_size=4",
+            "--rl.max_new_tokens=96",
+            "--rl.num_workers=2",
+            "--rl.cpus_per_worker=0.5",
+            "--rl.micro_batch_size=4",
+            "--rl.strategy=deepspeed",
+            "--rl.zero_stage=2",
+            "--rl.lr=5e-4",
+            "--rl.kl_coef=0.01",
+            "--rl.table_every=2",
+            f"--tracking.run_dir={run_dir}",
+            "--tracking.wandb_mode=disabled",
+            *overrides,
+        ],
+    )
 
 
 def step_lines(run_dir):
@@ -91,8 +109,9 @@ def test_checkpoints_hold_state_and_a_loadable_model(rl_run):
 def test_resume_continues_at_the_step_and_data_position(rl_run, format_tuned_model):
     cfg, out, _ = rl_run
     # Two more steps, now generating step t + 1 while learning step t.
-    more = rl_config(out, out / "prompts.jsonl", format_tuned_model, "--rl.steps=14", "--rl.checkpoint_every=6",
-                     "--rl.overlap=true")
+    more = rl_config(
+        out, out / "prompts.jsonl", format_tuned_model, "--rl.steps=14", "--rl.checkpoint_every=6", "--rl.overlap=true"
+    )
     result = run_rl(more, out / "rl", log=lambda *_: None)
     assert (result.start_step, result.steps, result.prompts_seen, result.policy_version) == (12, 14, 56, 14)
     lines = step_lines(out)

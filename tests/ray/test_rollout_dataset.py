@@ -14,7 +14,9 @@ def test_sample_dataset_over_two_actors_writes_every_prompt(ray_cluster, tiny_mo
     prompts = [Prompt(id=f"q{i}", messages=(Message("user", f"item {i}"),), category="privacy") for i in range(12)]
     engine = EngineConfig(model=tiny_model, backend="vllm", dtype="float32", max_model_len=512)
     settings = SamplingSettings(n=2, temperature=1.0, max_new_tokens=8, seed=0)
-    ds = sample_dataset(prompts_dataset(prompts), engine, PoolResources(num_workers=2, cpus=1.0), settings, batch_size=4)
+    ds = sample_dataset(
+        prompts_dataset(prompts), engine, PoolResources(num_workers=2, cpus=1.0), settings, batch_size=4
+    )
     out = tmp_path / "rollouts"
     ds.write_json(str(out))
     rows = ray.data.read_json(str(out)).take_all()

@@ -48,7 +48,9 @@ def test_pool_samples_n_per_prompt_with_matching_logprobs(pool):
     for r in rollouts[::5]:
         assert len(r.token_ids) == len(r.logprobs) > 0
         assert r.backend == "vllm" and r.finish_reason in ("stop", "length")
-        assert sum(r.logprobs) == pytest.approx(_reference_logprob_sum(reference, r.prompt_token_ids, r.token_ids), abs=1e-3)
+        assert sum(r.logprobs) == pytest.approx(
+            _reference_logprob_sum(reference, r.prompt_token_ids, r.token_ids), abs=1e-3
+        )
 
 
 def test_same_prompt_samples_the_same_on_any_worker(pool):
@@ -83,7 +85,9 @@ def test_killing_an_actor_mid_batch_loses_and_duplicates_nothing(pool):
 def _greedy(model, tokenizer, prompt_ids, n_tokens) -> list[int]:
     ids = torch.tensor([list(prompt_ids)])
     with torch.no_grad():
-        out = model.generate(ids, max_new_tokens=n_tokens, min_new_tokens=n_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        out = model.generate(
+            ids, max_new_tokens=n_tokens, min_new_tokens=n_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
+        )
     return out[0, ids.shape[1] :].tolist()
 
 
@@ -106,4 +110,3 @@ def test_weight_update_switches_samplers_to_the_new_model(pool):
     pool.update_weights(original.state_dict(), version=8)
     restored = pool.generate(prompts, greedy)
     assert [r.token_ids for r in restored] == [r.token_ids for r in before]
-

@@ -18,7 +18,11 @@ from rayalign.sft.train import run_sft
 from rayalign.types import Message, Prompt, SFTExample, to_json
 
 QUESTIONS = ["How do I kill a Python process?", "Can you help me?", "Is this allowed under the policy?"]
-ANSWERS = ["Run kill with its process id.", "I'm sorry, but I can't help with that.", "Here is how you can do it safely."]
+ANSWERS = [
+    "Run kill with its process id.",
+    "I'm sorry, but I can't help with that.",
+    "Here is how you can do it safely.",
+]
 
 
 @pytest.fixture(scope="module")
@@ -38,11 +42,22 @@ def examples_path(tmp_path_factory):
 
 
 def _cfg(run_dir, *overrides):
-    return load_config(None, [
-        "--model.policy=builtin:tiny", "--sft.lr=1e-3", "--sft.max_seq_len=96", "--sft.num_workers=2",
-        "--sft.micro_batch_size=2", "--sft.grad_accum=1", "--sft.strategy=deepspeed", "--sft.zero_stage=2",
-        f"--tracking.run_dir={run_dir}", "--tracking.wandb_mode=disabled", *overrides,
-    ])
+    return load_config(
+        None,
+        [
+            "--model.policy=builtin:tiny",
+            "--sft.lr=1e-3",
+            "--sft.max_seq_len=96",
+            "--sft.num_workers=2",
+            "--sft.micro_batch_size=2",
+            "--sft.grad_accum=1",
+            "--sft.strategy=deepspeed",
+            "--sft.zero_stage=2",
+            f"--tracking.run_dir={run_dir}",
+            "--tracking.wandb_mode=disabled",
+            *overrides,
+        ],
+    )
 
 
 def _step_lines(run_dir):
@@ -78,8 +93,14 @@ def test_zero2_on_two_workers_lowers_the_loss(zero2_run):
 def test_ddp_with_gradient_accumulation_matches_zero2(ray_cluster, examples_path, zero2_run, tmp_path):
     """Same rows per step (1 x 2 micro-batches instead of 2 x 1): same token-mean loss, same updates."""
     _, zero2_dir, zero2 = zero2_run
-    cfg = _cfg(tmp_path, "--sft.strategy=ddp", "--sft.micro_batch_size=1", "--sft.grad_accum=2",
-               "--sft.max_steps=20", "--sft.checkpoint_every=20")
+    cfg = _cfg(
+        tmp_path,
+        "--sft.strategy=ddp",
+        "--sft.micro_batch_size=1",
+        "--sft.grad_accum=2",
+        "--sft.max_steps=20",
+        "--sft.checkpoint_every=20",
+    )
     result = run_sft(cfg, examples_path, tmp_path / "sft", resume=False)
     assert result.steps == 20
     assert list(result.losses) == pytest.approx(list(zero2.losses), rel=1e-4)
@@ -88,14 +109,25 @@ def test_ddp_with_gradient_accumulation_matches_zero2(ray_cluster, examples_path
 
 
 def _tokens_per_step(cfg, examples_path, steps):
-    rows, _ = build_rows(load_tokenizer(cfg.model.policy), read_sft_examples(examples_path),
-                         cfg.sft.max_seq_len, cfg.sft.packing)
+    rows, _ = build_rows(
+        load_tokenizer(cfg.model.policy), read_sft_examples(examples_path), cfg.sft.max_seq_len, cfg.sft.packing
+    )
     s = cfg.sft
     return [
-        sum(len(rows[i]) for rank in range(s.num_workers)
-            for mb in step_rows(len(rows), step, world_size=s.num_workers, rank=rank,
-                                micro_batch_size=s.micro_batch_size, grad_accum=s.grad_accum, seed=cfg.data.seed)
-            for i in mb)
+        sum(
+            len(rows[i])
+            for rank in range(s.num_workers)
+            for mb in step_rows(
+                len(rows),
+                step,
+                world_size=s.num_workers,
+                rank=rank,
+                micro_batch_size=s.micro_batch_size,
+                grad_accum=s.grad_accum,
+                seed=cfg.data.seed,
+            )
+            for i in mb
+        )
         for step in range(steps)
     ]
 

@@ -26,9 +26,7 @@ from rayalign.spec import load_spec
 from rayalign.types import Message, Prompt, Verdict
 
 REPO = Path(__file__).resolve().parents[2]
-MODERATION = (
-    REPO.parent / "shared" / "evaldata" / "openai_moderation" / "data" / "samples-1680.jsonl"
-)
+MODERATION = REPO.parent / "shared" / "evaldata" / "openai_moderation" / "data" / "samples-1680.jsonl"
 
 
 @pytest.fixture(scope="module")
@@ -115,9 +113,7 @@ def test_undefined_metrics_are_none_and_zero_only_when_earned():
     assert harmless.accuracy == 1.0
     assert (harmless.precision, harmless.recall, harmless.f1) == (None, None, None)
 
-    wrong = calibrate(
-        [_example(1, True, None), _example(2, False, None)], [_ok(1, 9.0), _ok(2, 1.0)]
-    )
+    wrong = calibrate([_example(1, True, None), _example(2, False, None)], [_ok(1, 9.0), _ok(2, 1.0)])
     assert (wrong.accuracy, wrong.precision, wrong.recall, wrong.f1) == (0.0, 0.0, 0.0, 0.0)
 
     nothing = calibrate([_example(1, True, None)], [Verdict("unscorable", None, request_id="e1")])
@@ -160,10 +156,7 @@ SPELLINGS = [
 
 
 def test_csv_reads_every_label_spelling(tmp_path):
-    rows = "\n".join(
-        f"r{i},question {i},answer {i},{spelling},self_harm"
-        for i, (spelling, _) in enumerate(SPELLINGS)
-    )
+    rows = "\n".join(f"r{i},question {i},answer {i},{spelling},self_harm" for i, (spelling, _) in enumerate(SPELLINGS))
     path = _write(tmp_path, "set.csv", "ID,Prompt,Response,Label,Category\n" + rows + "\n")
     examples = read_labelled(path)
     assert [e.label for e in examples] == [expected for _, expected in SPELLINGS]
@@ -320,9 +313,7 @@ def test_labelled_set_through_scoring_to_a_report(tmp_path):
     specs = REPO / "specs"
     policy = ScoringPolicy(k=1, parse_retries=0)
     verdicts = asyncio.run(
-        score_requests(
-            FunctionJudge(verdict), load_spec(specs), load_templates(specs), requests, policy
-        )
+        score_requests(FunctionJudge(verdict), load_spec(specs), load_templates(specs), requests, policy)
     )
     report = calibrate(examples, verdicts)
     assert report.confusion == ((1, 0), (0, 1)) and (report.n, report.unscorable) == (2, 1)

@@ -59,7 +59,9 @@ def test_an_unparseable_reply_is_unscorable_not_benign(spec, template):
 
 def test_template_errors_name_the_file(tmp_path):
     (tmp_path / "templates").mkdir()
-    (tmp_path / "templates" / "classify.md").write_text("no categories here\n<!-- section: user -->\n$conversation $tag\n")
+    (tmp_path / "templates" / "classify.md").write_text(
+        "no categories here\n<!-- section: user -->\n$conversation $tag\n"
+    )
     with pytest.raises(ClassifyTemplateError, match=r"classify\.md.*categories"):
         load_classify_template(tmp_path)
 
@@ -80,7 +82,10 @@ def test_stage_two_reuses_the_categories_stage_one_saved(repo, tmp_path):
     path = RunLayout.of(cfg).categories
     path.parent.mkdir(parents=True)
     path.write_text(
-        to_json(Classification("u1", "ok", "illicit_behavior")) + "\n" + to_json(Classification("u2", "ok", None)) + "\n"
+        to_json(Classification("u1", "ok", "illicit_behavior"))
+        + "\n"
+        + to_json(Classification("u2", "ok", None))
+        + "\n"
     )
     lines = []
     out = {p.id: p.category for p in categorise(cfg, prompts, None, log=lines.append)}

@@ -108,9 +108,7 @@ def test_min_above_max_workers(tmp_path):
 
 def test_global_max_below_the_node_types_maxima(tmp_path):
     path, line = _copy(tmp_path, "aws.yaml", "max_workers: 5", "max_workers: 4")
-    with pytest.raises(
-        ConfigError, match=r"4 is below the sum of the node types' max_workers \(5\)"
-    ) as e:
+    with pytest.raises(ConfigError, match=r"4 is below the sum of the node types' max_workers \(5\)") as e:
         validate_launcher_yaml(path)
     assert (e.value.field, e.value.line) == ("max_workers", line)
 
@@ -186,9 +184,7 @@ def test_rayjob_working_dir_must_be_remote(tmp_path):
 
 
 def test_rayjob_wrong_api_version(tmp_path):
-    path, line = _copy(
-        tmp_path, "kuberay/rayjob.yaml", "apiVersion: ray.io/v1", "apiVersion: ray.io/v1alpha1"
-    )
+    path, line = _copy(tmp_path, "kuberay/rayjob.yaml", "apiVersion: ray.io/v1", "apiVersion: ray.io/v1alpha1")
     with pytest.raises(ConfigError, match="must be ray.io/v1; got 'ray.io/v1alpha1'") as e:
         validate_kuberay(path)
     assert (e.value.field, e.value.line) == ("apiVersion", line)
@@ -225,9 +221,7 @@ def test_capacity_reads_quoted_and_millicpu_quantities(tmp_path):
         'num-cpus: "0"',
         'num-cpus: "0"\n      resources: \'{"head": 1}\'',
     )
-    text = path.read_text().replace(
-        'limits: {cpu: "8", memory: 48Gi', 'limits: {cpu: "2500m", memory: 48Gi', 1
-    )
+    text = path.read_text().replace('limits: {cpu: "8", memory: 48Gi', 'limits: {cpu: "2500m", memory: 48Gi', 1)
     path.write_text(text)
     cap = capacity(path)
     assert cap.cpus == 0 + 2 * 2.5 + 16 + 96
@@ -235,9 +229,7 @@ def test_capacity_reads_quoted_and_millicpu_quantities(tmp_path):
 
 
 def test_three_judge_units_do_not_fit_a_file_offering_two():
-    cfg = load_config(
-        GPU_CONFIG, ["--judge.replicas=3", "--cluster.resources.judge=3", "--cluster.num_gpus=9"]
-    )
+    cfg = load_config(GPU_CONFIG, ["--judge.replicas=3", "--cluster.resources.judge=3", "--cluster.num_gpus=9"])
     with pytest.raises(ConfigError) as e:
         check_config_fits(cfg, REPO / "cluster/aws.yaml")
     assert e.value.field == "judge.replicas"
@@ -262,14 +254,8 @@ def test_learners_only_count_learner_nodes(tmp_path):
     # Learner nodes: 2 x (24 CPUs, 4 GPUs, learner: 4). Each SFT actor (8 CPUs, 1 GPU) fits
     # on one and the whole cluster has 16 + 16 + 48 = 80 CPUs, but SFT's 8 x 8 = 64 CPUs
     # must come from the learner nodes' 48.
-    path, _ = _copy(
-        tmp_path, "aws.yaml", "{CPU: 192, GPU: 8, learner: 8}", "{CPU: 24, GPU: 4, learner: 4}"
-    )
-    text = (
-        path.read_text()
-        .replace("max_workers: 1 ", "max_workers: 2 ")
-        .replace("max_workers: 5", "max_workers: 6")
-    )
+    path, _ = _copy(tmp_path, "aws.yaml", "{CPU: 192, GPU: 8, learner: 8}", "{CPU: 24, GPU: 4, learner: 4}")
+    text = path.read_text().replace("max_workers: 1 ", "max_workers: 2 ").replace("max_workers: 5", "max_workers: 6")
     path.write_text(text)
     assert capacity(path).cpus == 80
     with pytest.raises(

@@ -98,9 +98,20 @@ def test_learner_layouts_that_cannot_run_name_file_line_and_key(tmp_path):
     text = "rl:\n  prompts_per_step: 3\n  group_size: 4\n  num_workers: 2\n  micro_batch_size: 4\n"
     with pytest.raises(ConfigError) as e:
         load_config(_write(tmp_path, text))
-    assert str(e.value).startswith(f"{tmp_path / 'c.yaml'}:5: rl.micro_batch_size: rl.prompts_per_step x rl.group_size = 12")
+    assert str(e.value).startswith(
+        f"{tmp_path / 'c.yaml'}:5: rl.micro_batch_size: rl.prompts_per_step x rl.group_size = 12"
+    )
     assert "split evenly over rl.num_workers (2) x rl.micro_batch_size (4)" in str(e.value)  # 12 % 8
-    load_config(None, ["--rl.prompts_per_step=4", "--rl.group_size=4", "--rl.num_workers=2", "--rl.micro_batch_size=4", "--rl.cpus_per_worker=0.25"])
+    load_config(
+        None,
+        [
+            "--rl.prompts_per_step=4",
+            "--rl.group_size=4",
+            "--rl.num_workers=2",
+            "--rl.micro_batch_size=4",
+            "--rl.cpus_per_worker=0.25",
+        ],
+    )
     with pytest.raises(ConfigError, match="sft.lora_rank: LoRA with ZeRO-3 is not supported"):
         load_config(None, ["--sft.lora_rank=8", "--sft.strategy=deepspeed", "--sft.zero_stage=3"])
     with pytest.raises(ConfigError, match="rl.gpus_per_worker: one GPU per learner at most"):

@@ -167,9 +167,7 @@ def test_harmbench_keeps_context_and_skips_copyright_and_multimodal(tmp_path, ca
     _check_prompts(prompts, "harmbench", category_ids)
     assert [p.id for p in prompts] == ["harmbench/nerve_agent", "harmbench/post_ctx"]
     assert [p.category for p in prompts] == ["violent_wrongdoing", "deception_misinformation"]
-    assert prompts[1].messages[0].content == (
-        "A long\narticle.\n\n---\n\nWrite a persuasive post based on this"
-    )
+    assert prompts[1].messages[0].content == ("A long\narticle.\n\n---\n\nWrite a persuasive post based on this")
 
 
 def test_xstest_labels(tmp_path, category_ids):
@@ -214,9 +212,7 @@ def test_hub_rows_use_known_prompt_columns_case_insensitively():
 
 def test_hub_dataset_offline_is_a_clear_error():
     pytest.importorskip("datasets")
-    with pytest.raises(
-        BenchmarkError, match=r"cannot load Hugging Face dataset 'rayalign-test/nope'"
-    ):
+    with pytest.raises(BenchmarkError, match=r"cannot load Hugging Face dataset 'rayalign-test/nope'"):
         load_benchmark("hf:rayalign-test/nope:test")
 
 

@@ -129,9 +129,7 @@ def test_citation_accuracy_needs_the_right_category_and_behaviour():
 def test_expected_rules_come_from_the_default_spec(repo):
     ids = load_spec(repo / "specs").rule_ids()
     assert expected_rules_for(ids, "self_harm", "safe_complete") == ("self_harm.S1", "self_harm.S2")
-    assert expected_rules_for(ids, "privacy", "refuse") == tuple(
-        f"privacy.D{i}" for i in range(1, 5)
-    )
+    assert expected_rules_for(ids, "privacy", "refuse") == tuple(f"privacy.D{i}" for i in range(1, 5))
     assert expected_rules_for(ids, None, "refuse") == ()
     assert expected_rules_for(ids, "privacy", None) == ()
 

@@ -31,4 +31,8 @@ def test_split_completion(text, finish, reasoning, answer, malformed):
 def test_join_then_split_round_trips():
     text = join_completion(" self_harm.S1 applies; style.S1. ", " I'm sorry you're hurting. ")
     c = split_completion(text)
-    assert (c.reasoning, c.answer, c.malformed) == ("self_harm.S1 applies; style.S1.", "I'm sorry you're hurting.", None)
+    assert (c.reasoning, c.answer, c.malformed) == (
+        "self_harm.S1 applies; style.S1.",
+        "I'm sorry you're hurting.",
+        None,
+    )

@@ -115,10 +115,17 @@ def test_step_metrics_by_hand():
     from rayalign.types import Completion, Verdict
 
     prompts = (Prompt("a", (Message("user", "x"),), category="self_harm"), Prompt("b", (Message("user", "y"),)))
-    rollouts = tuple(Rollout(p, i, "t", (1,), (2,) * (i + 1), (-0.1,) * (i + 1), "stop") for p in "ab" for i in range(2))
+    rollouts = tuple(
+        Rollout(p, i, "t", (1,), (2,) * (i + 1), (-0.1,) * (i + 1), "stop") for p in "ab" for i in range(2)
+    )
     ok, bad = Completion("r", "ans"), Completion("", "x", "no_reasoning")
-    judged = Judged(prompts, rollouts, (ok, ok, ok, bad), (Verdict("ok", 10.0), None, Verdict("ok", 5.0), None),
-                    (1.0, None, 0.5, 0.0))
+    judged = Judged(
+        prompts,
+        rollouts,
+        (ok, ok, ok, bad),
+        (Verdict("ok", 10.0), None, Verdict("ok", 5.0), None),
+        (1.0, None, 0.5, 0.0),
+    )
     stats = LearnStats(loss=0.1, kl=0.02, clip_fraction=0.0, ratio_mean=1.0, entropy=2.0, grad_norm=0.5, tokens=6)
     m = step_metrics(judged, stats, policy_version=3, prompts_seen=6, timings={"step": 2.0, "learn": 1.0})
     # Scored rewards 1.0, 0.5, 0.0: mean 0.5, population std sqrt((0.25 + 0 + 0.25) / 3) = 0.4082.

@@ -30,9 +30,7 @@ def _t(*rows) -> torch.Tensor:
 
 def test_reward_is_scaled_judge_score():
     # 7 * 0.1 = 0.7
-    assert shape_reward(
-        Verdict(status="ok", score=7.0), False, 10, 256, RewardShaping()
-    ) == pytest.approx(0.7)
+    assert shape_reward(Verdict(status="ok", score=7.0), False, 10, 256, RewardShaping()) == pytest.approx(0.7)
 
 
 def test_reward_length_term():

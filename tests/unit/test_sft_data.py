@@ -49,14 +49,26 @@ def test_read_round_trips_examples_and_skips_blank_lines(tmp_path):
     "line, where",
     [
         ("{not json", "sft.jsonl:2: not valid JSON"),
-        (json.dumps({"prompt": {"id": "x", "messages": [{"role": "user", "content": "q"}]}, "reasoning": "r"}),
-         "sft.jsonl:2: answer: missing"),
-        (json.dumps({"prompt": {"id": "x", "messages": [{"role": "assistant", "content": "q"}]},
-                     "reasoning": "r", "answer": "a"}),
-         "sft.jsonl:2: prompt.messages: the conversation must end on a user turn"),
-        (json.dumps({"prompt": {"id": "x", "messages": [{"role": "bot", "content": "q"}]},
-                     "reasoning": "r", "answer": "a"}),
-         "sft.jsonl:2: prompt.messages[0].role: role must be"),
+        (
+            json.dumps({"prompt": {"id": "x", "messages": [{"role": "user", "content": "q"}]}, "reasoning": "r"}),
+            "sft.jsonl:2: answer: missing",
+        ),
+        (
+            json.dumps(
+                {
+                    "prompt": {"id": "x", "messages": [{"role": "assistant", "content": "q"}]},
+                    "reasoning": "r",
+                    "answer": "a",
+                }
+            ),
+            "sft.jsonl:2: prompt.messages: the conversation must end on a user turn",
+        ),
+        (
+            json.dumps(
+                {"prompt": {"id": "x", "messages": [{"role": "bot", "content": "q"}]}, "reasoning": "r", "answer": "a"}
+            ),
+            "sft.jsonl:2: prompt.messages[0].role: role must be",
+        ),
     ],
 )
 def test_read_errors_name_file_line_and_field(tmp_path, line, where):
@@ -214,8 +226,13 @@ def test_each_epoch_visits_every_row_once_across_workers():
     spe = steps_per_epoch(16, 2 * 2 * 2)
     assert spe == 2
     for epoch in range(2):
-        seen = [i for step in range(epoch * spe, (epoch + 1) * spe) for rank in range(2)
-                for mb in step_rows(16, step, rank=rank, **kwargs) for i in mb]
+        seen = [
+            i
+            for step in range(epoch * spe, (epoch + 1) * spe)
+            for rank in range(2)
+            for mb in step_rows(16, step, rank=rank, **kwargs)
+            for i in mb
+        ]
         assert sorted(seen) == list(range(16))
     first = [step_rows(16, s, rank=0, **kwargs) for s in range(2)]
     second = [step_rows(16, s, rank=0, **kwargs) for s in range(2, 4)]

@@ -92,7 +92,11 @@ def test_unlisted_category_file_is_an_error(small):
 
 
 def test_missing_style_section(small):
-    _edit(small / "spec.yaml", "  safe_complete:\n    - id: style.S1\n      text: Address the need and point to help.\n", "")
+    _edit(
+        small / "spec.yaml",
+        "  safe_complete:\n    - id: style.S1\n      text: Address the need and point to help.\n",
+        "",
+    )
     with pytest.raises(SpecError, match=r"spec.yaml:\d+: style.safe_complete: missing required key"):
         load_spec(small)
     _edit(small / "categories/beta.yaml", "style:\n  - id: beta.Y1\n    applies_to: comply\n    text: Be direct.\n", "")
@@ -102,7 +106,9 @@ def test_missing_style_section(small):
 
 def test_bad_behavior_and_letter_mismatch(small):
     _edit(small / "categories/alpha.yaml", "behavior: refuse", "behavior: deny")
-    with pytest.raises(SpecError, match=r"alpha.yaml:15: rules\[1\].behavior: must be one of comply, refuse, safe_complete; got 'deny'"):
+    with pytest.raises(
+        SpecError, match=r"alpha.yaml:15: rules\[1\].behavior: must be one of comply, refuse, safe_complete; got 'deny'"
+    ):
         load_spec(small)
     _edit(small / "categories/alpha.yaml", "behavior: deny", "behavior: comply")
     with pytest.raises(SpecError, match=r"alpha.yaml:14: rules\[1\].id: rule id 'alpha.D1' must look like alpha.A<n>"):
