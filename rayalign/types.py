@@ -43,6 +43,8 @@ class Prompt:
     """Expected behaviour from the dataset's (possibly noisy) labels."""
     source: str = ""
     """Where the prompt came from (file or dataset name)."""
+    prefill: str = ""
+    """Text the assistant turn starts with (stage-1 steering); the sampler writes the rest."""
 
 
 @dataclass(frozen=True)
@@ -137,6 +139,9 @@ class Verdict:
     request_id: str = ""
     runs: int = 1
     """Judge runs aggregated into this verdict (k)."""
+    decided_by: Literal["judge", "cascade"] = "judge"
+    """Who decided: the LLM judge, or the deterministic behaviour check that runs before it
+    (``judge.cascade``: a detected behaviour that contradicts the expected one, no judge call)."""
 
 
 # ------------------------------------------------------- JSON round trip

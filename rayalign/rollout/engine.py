@@ -62,9 +62,17 @@ class EngineConfig:
 
 
 def sampling_settings(
-    *, n: int, temperature: float, max_new_tokens: int, seed: int, enforce_format: bool, top_p: float = 1.0
+    *,
+    n: int,
+    temperature: float,
+    max_new_tokens: int,
+    seed: int,
+    enforce_format: bool,
+    top_p: float = 1.0,
+    opened: bool = False,
 ) -> SamplingSettings:
-    """How a stage samples its policy; ``enforce_format`` constrains output to the reasoning format.
+    """How a stage samples its policy; ``enforce_format`` constrains output to the reasoning format
+    (``opened``: every prompt pre-fills the start of the think block).
 
     >>> sampling_settings(n=2, temperature=0.0, max_new_tokens=8, seed=1, enforce_format=False).regex
     ''
@@ -75,7 +83,7 @@ def sampling_settings(
         top_p=top_p,
         max_new_tokens=max_new_tokens,
         seed=seed,
-        regex=format_regex(max_new_tokens) if enforce_format else "",
+        regex=format_regex(max_new_tokens, opened=opened) if enforce_format else "",
     )
 
 

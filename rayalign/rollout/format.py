@@ -23,19 +23,24 @@ FORMAT_INSTRUCTIONS = (
 )
 
 
-def format_regex(max_new_tokens: int) -> str:
+def format_regex(max_new_tokens: int, *, opened: bool = False) -> str:
     r"""The format as a regular expression, for engines that can constrain decoding
     (``rollout.enforce_format``): a small model then always writes reasoning and
     an answer. Parts are printable ASCII without angle brackets (so the tags
     cannot repeat), each capped at (max_new_tokens - 16) / 2 characters: a token
     is at least one character, so the answer ends within the token budget.
+    ``opened``: the prompt already opened the think block (a steered prefill),
+    so the completion starts inside the reasoning.
 
     >>> format_regex(80)
     '<think>\\n[ -;=?-~\\n]{8,32}\\n</think>\\n[ -;=?-~\\n]{2,32}'
+    >>> format_regex(80, opened=True)
+    '[ -;=?-~\\n]{8,32}\\n</think>\\n[ -;=?-~\\n]{2,32}'
     """
     cap = max(16, (max_new_tokens - 16) // 2)
     part = r"[ -;=?-~\n]"
-    return rf"<think>\n{part}{{8,{cap}}}\n</think>\n{part}{{2,{cap}}}"
+    body = rf"{part}{{8,{cap}}}\n</think>\n{part}{{2,{cap}}}"
+    return body if opened else rf"<think>\n{body}"
 
 
 def split_completion(text: str, finish_reason: FinishReason = "stop") -> Completion:

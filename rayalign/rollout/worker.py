@@ -44,7 +44,7 @@ class RolloutWorker:
         return WorkerInfo(self.backend.name, self.policy_version, os.getpid())
 
     def encode(self, prompt: Prompt) -> list[int]:
-        text = chat_prompt(self.tokenizer, prompt.messages)
+        text = chat_prompt(self.tokenizer, prompt.messages) + prompt.prefill
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def generate(self, prompts: Sequence[Prompt], settings: SamplingSettings) -> list[Rollout]:

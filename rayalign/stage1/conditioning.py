@@ -9,6 +9,7 @@ removed, as the paper does.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from itertools import takewhile
 from pathlib import Path
@@ -27,7 +28,7 @@ from rayalign.templates import (
     split_sections,
     template_dir,
 )
-from rayalign.types import Message, Prompt
+from rayalign.types import BEHAVIORS, Behavior, Message, Prompt
 
 GENERATION_FILE = "generate_system.md"
 
@@ -109,3 +110,107 @@ def generation_prompt(spec: Spec, templates: GenerationTemplates, prompt: Prompt
         system = f"{system}\n\n{extra.strip()}"
     messages = (Message("system", system + "\n"), *prompt.messages[leading:])
     return replace(prompt, messages=messages)
+
+
+# ------------------------------------------------------------------ behaviour steering
+
+STEER_FILE = "steer.md"
+STEER_MODES = ("none", "instruction", "prefix", "both")
+_BEHAVIOR_PHRASES: dict[Behavior, str] = {
+    "refuse": "refuse",
+    "comply": "comply and help fully",
+    "safe_complete": "give a safe completion",
+}
+_PREFIX_PLACEHOLDERS = frozenset({"think_open", "title", "category", "rules", "style"})
+_STEER_PLACEHOLDERS: Placeholders = {
+    MAIN: (frozenset({"behavior_phrase"}), frozenset({"behavior_phrase"})),
+    **{b: (_PREFIX_PLACEHOLDERS, frozenset({"think_open", "rules", "style"})) for b in BEHAVIORS},
+}
+
+
+@dataclass(frozen=True)
+class SteerTemplates:
+    """``specs/templates/steer.md``: the instruction (main part) and one reasoning opening per behaviour."""
+
+    instruction: str
+    refuse: str
+    comply: str
+    safe_complete: str
+    hash: str
+
+    def prefix(self, behavior: Behavior) -> str:
+        return {"refuse": self.refuse, "comply": self.comply, "safe_complete": self.safe_complete}[behavior]
+
+
+def load_steer_templates(spec_dir: str | Path) -> SteerTemplates:
+    """Read and check ``<spec_dir>/templates/steer.md`` (errors name the file and line)."""
+    path = template_dir(spec_dir) / STEER_FILE
+    raw, text = read_template(path, PromptTemplateError, "steering")
+    parts = split_sections(text, str(path), (MAIN, *BEHAVIORS), PromptTemplateError)
+    for part, (first_line, body) in parts.items():
+        check_placeholders(body, first_line, str(path), part, _STEER_PLACEHOLDERS, PromptTemplateError)
+    bodies = {name: body.strip() for name, (_, body) in parts.items()}
+    return SteerTemplates(bodies[MAIN], bodies["refuse"], bodies["comply"], bodies["safe_complete"], content_hash(raw))
+
+
+def steer_rules(spec: Spec, category: str, behavior: Behavior) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(content rule ids, style ids) of ``category`` for ``behavior``: what a steered opening cites.
+
+    >>> from rayalign.spec import load_spec
+    >>> spec = load_spec("specs")
+    >>> steer_rules(spec, "self_harm", "refuse")[1]
+    ('style.R1', 'style.R2', 'style.R3')
+    """
+    c = spec.category(category)
+    rules = tuple(r.id for r in c.rules if r.behavior == behavior)
+    style = tuple(s.id for s in (*spec.style, *c.style) if s.applies_to == behavior)
+    return rules, style
+
+
+def _join(ids: Sequence[str]) -> str:
+    """>>> _join(["a.D1", "a.D2", "a.D3"])
+    'a.D1, a.D2 and a.D3'
+    """
+    return ids[0] if len(ids) == 1 else ", ".join(ids[:-1]) + " and " + ids[-1]
+
+
+def steer_prefix(spec: Spec, templates: SteerTemplates, prompt: Prompt) -> str:
+    """The opening of the reasoning for a prompt's expected behaviour, citing only the spec's ids.
+
+    A prompt with no expected behaviour or no category gets just the opening
+    tag, so every prompt of a steered run continues an open think block.
+    """
+    if prompt.expected is None or prompt.category is None:
+        return THINK_OPEN + "\n"
+    rules, style = steer_rules(spec, prompt.category, prompt.expected)
+    text = Template(templates.prefix(prompt.expected)).substitute(
+        think_open=THINK_OPEN,
+        title=spec.category(prompt.category).title,
+        category=prompt.category,
+        rules=_join(rules) if rules else f"the {prompt.category} policy",
+        style=_join(style),
+    )
+    return text.rstrip() + "\n"
+
+
+def conditioned_prompt(
+    spec: Spec, templates: GenerationTemplates, steer: SteerTemplates | None, mode: str, prompt: Prompt
+) -> Prompt:
+    """The stage-1 prompt: :func:`generation_prompt`, plus steering by ``mode`` (see ``STEER_MODES``).
+
+    ``instruction`` appends the expected behaviour to the system message;
+    ``prefix`` pre-fills the assistant turn with :func:`steer_prefix`. Prompts
+    without an expected behaviour get neither instruction nor an opening beyond
+    the think tag. The original ``prompt`` is unchanged: the SFT example is
+    built from it, so neither the spec nor the instruction reaches training.
+    """
+    out = generation_prompt(spec, templates, prompt)
+    if mode == "none" or steer is None:
+        return out
+    if mode in ("instruction", "both") and prompt.expected is not None:
+        note = Template(steer.instruction).substitute(behavior_phrase=_BEHAVIOR_PHRASES[prompt.expected])
+        system = Message("system", f"{out.messages[0].content.rstrip()}\n\n{note}\n")
+        out = replace(out, messages=(system, *out.messages[1:]))
+    if mode in ("prefix", "both"):
+        out = replace(out, prefill=steer_prefix(spec, steer, prompt))
+    return out

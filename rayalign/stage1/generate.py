@@ -36,7 +36,7 @@ from rayalign.runs import RunLayout
 from rayalign.spec import load_spec
 from rayalign.stage1 import filter as sample_filter
 from rayalign.stage1.categories import categorise, needs_categories
-from rayalign.stage1.conditioning import generation_prompt, load_generation_templates
+from rayalign.stage1.conditioning import conditioned_prompt, load_generation_templates, load_steer_templates
 from rayalign.stage1.prompts import training_prompts
 from rayalign.types import JudgeRequest, Prompt, SFTExample
 
@@ -92,8 +92,9 @@ def _train_prompts(cfg, train: list[Prompt], client: JudgeClient, log) -> list[P
 
 
 def _run_shards(cfg, spec, shards: list[list[Prompt]], todo: list[int], log) -> None:
-    r = cfg.rollout
+    r, steer = cfg.rollout, cfg.generate.steer
     templates = load_generation_templates(cfg.spec.path)
+    steer_templates = load_steer_templates(cfg.spec.path) if steer != "none" else None
     settings = sampling_settings(
         n=r.n,
         temperature=r.temperature,
@@ -101,21 +102,25 @@ def _run_shards(cfg, spec, shards: list[list[Prompt]], todo: list[int], log) -> 
         max_new_tokens=r.max_new_tokens,
         seed=r.seed,
         enforce_format=r.enforce_format,
+        opened=steer in ("prefix", "both"),
     )
+    hashes = (templates.hash, steer_templates.hash) if steer_templates else (templates.hash,)
+    teacher = cfg.generate.model or cfg.model.policy
     filter_settings = _FilterSettings(
         layout=RunLayout(RunLayout.of(cfg).root.resolve()),
         min_score=cfg.filter.min_score,
         keep_per_prompt=cfg.filter.keep_per_prompt,
-        provenance=sample_filter.Provenance(cfg.model.policy, spec.hash, templates.hash),
+        provenance=sample_filter.Provenance(teacher, spec.hash, "+".join(hashes)),
         timeout_s=cfg.judge.timeout_s,
     )
-    conditioned = [[generation_prompt(spec, templates, p) for p in shards[i]] for i in todo]
+    conditioned = [[conditioned_prompt(spec, templates, steer_templates, steer, p) for p in shards[i]] for i in todo]
     originals = [encode_prompts(shards[i]) for i in todo]
     resources = PoolResources.from_config(cfg)
     resources = PoolResources(min(resources.num_workers, len(todo)), resources.cpus, resources.gpus, resources.resource)
+    log(f"[generate] sampling with {teacher} (steering: {steer})")
     ds = sample_dataset(
         prompts_dataset(conditioned, shard=todo, originals=originals),
-        EngineConfig.from_config(cfg),
+        EngineConfig.from_config(cfg, model=teacher),
         resources,
         settings,
     ).map_batches(_judge_and_write, fn_kwargs={"settings": filter_settings}, batch_size=1, num_cpus=0)
@@ -128,15 +133,21 @@ def _judge_and_write(batch: dict, settings: _FilterSettings) -> dict:
     """Ray Data task UDF: judge a shard's well-formed samples, filter, write atomically."""
     client = connect_judge(settings.timeout_s)
     summaries = []
-    for shard, originals, rollouts in zip(batch["shard"], batch["originals"], batch["rollouts"]):
-        decisions = _filter_shard(client, decode_prompts(originals), decode_rollouts(rollouts), settings)
+    for shard, originals, conditioned, rollouts in zip(
+        batch["shard"], batch["originals"], batch["prompts"], batch["rollouts"]
+    ):
+        prefills = {p.id: p.prefill for p in decode_prompts(conditioned)}
+        decisions = _filter_shard(client, decode_prompts(originals), decode_rollouts(rollouts), prefills, settings)
         write_records(settings.layout.shard(int(shard)), decisions)
         summaries.append(json.dumps({"shard": int(shard), "kept": sum(len(d.kept) for d in decisions)}))
     return {"summary": summaries}
 
 
-def _filter_shard(client: JudgeClient, prompts, rollouts, settings: _FilterSettings) -> list[sample_filter.Decision]:
-    parsed = [(r, split_completion(r.text, r.finish_reason)) for r in rollouts]
+def _filter_shard(
+    client: JudgeClient, prompts, rollouts, prefills: dict[str, str], settings: _FilterSettings
+) -> list[sample_filter.Decision]:
+    # A steered sample's reasoning starts in the prefill: the example keeps all of it.
+    parsed = [(r, split_completion(prefills[r.prompt_id] + r.text, r.finish_reason)) for r in rollouts]
     by_id = {p.id: p for p in prompts}
     requests = [
         JudgeRequest(by_id[r.prompt_id], c.answer, c.reasoning, request_id=f"{r.prompt_id}#{r.sample_index}")

@@ -1,0 +1,111 @@
+"""Behaviour-steered stage-1 generation: templates cite only real rule ids, and the
+SFT example keeps the steered reasoning but neither the spec nor the instruction."""
+
+import re
+import shutil
+
+import pytest
+
+from rayalign.rollout.format import THINK_OPEN, format_regex, join_completion, split_completion
+from rayalign.runs import RunLayout
+from rayalign.sft.data import _chat
+from rayalign.spec import load_spec, render_for
+from rayalign.stage1 import filter as sample_filter
+from rayalign.stage1.conditioning import (
+    PromptTemplateError,
+    conditioned_prompt,
+    load_generation_templates,
+    load_steer_templates,
+    steer_prefix,
+)
+from rayalign.stage1.generate import _filter_shard, _FilterSettings
+from rayalign.types import BEHAVIORS, Message, Prompt, Rollout, Verdict
+
+RULE_ID = re.compile(r"\b[a-z_]+\.[A-Z][0-9]+\b")
+
+
+@pytest.fixture(scope="module")
+def spec(repo):
+    return load_spec(repo / "specs")
+
+
+@pytest.fixture(scope="module")
+def templates(repo):
+    return load_generation_templates(repo / "specs"), load_steer_templates(repo / "specs")
+
+
+def _prompt(category="privacy", expected="refuse"):
+    return Prompt("p1", (Message("user", "Find the home address of my ex."),), category, expected, source="test")
+
+
+def test_every_opening_cites_only_rule_ids_of_the_spec(spec, templates):
+    _, steer = templates
+    for category in spec.category_ids:
+        for behavior in BEHAVIORS:
+            prefix = steer_prefix(spec, steer, _prompt(category, behavior))
+            cited = set(RULE_ID.findall(prefix))
+            assert cited, f"{category}/{behavior} cites nothing"
+            assert cited <= spec.rule_ids(), f"{category}/{behavior} cites unknown ids {cited - spec.rule_ids()}"
+            # Content ids come from the prompt's own category, with the expected behaviour's letter.
+            letter = {"comply": "A", "refuse": "D", "safe_complete": "S"}[behavior]
+            content = {i for i in cited if not i.startswith(("style.", f"{category}.Y"))}
+            assert all(i.startswith(f"{category}.{letter}") for i in content), (category, behavior, content)
+
+
+def test_an_unlabelled_prompt_only_opens_the_think_block(spec, templates):
+    _, steer = templates
+    assert steer_prefix(spec, steer, _prompt(expected=None)) == THINK_OPEN + "\n"
+    assert steer_prefix(spec, steer, _prompt(category=None, expected="comply")) == THINK_OPEN + "\n"
+
+
+@pytest.mark.parametrize("mode", ["none", "instruction", "prefix", "both"])
+def test_modes_add_instruction_and_prefill_as_named(spec, templates, mode):
+    gen, steer = templates
+    out = conditioned_prompt(spec, gen, steer, mode, _prompt())
+    system = out.messages[0].content
+    assert system.startswith(render_for(spec, "privacy"))
+    assert ("A reviewer labelled the ideal response to this request: refuse" in system) == (
+        mode in ("instruction", "both")
+    )
+    assert bool(out.prefill) == (mode in ("prefix", "both"))
+    assert out.messages[1:] == _prompt().messages
+
+
+def test_opened_format_regex_continues_a_prefilled_think_block():
+    regex = format_regex(64, opened=True)
+    assert not regex.startswith("<think>") and re.fullmatch(regex, "more reasoning\n</think>\nI can't help.")
+
+
+def test_the_sft_example_keeps_the_prefix_and_drops_spec_and_instruction(spec, templates, tmp_path):
+    gen, steer = templates
+    original = _prompt()
+    conditioned = conditioned_prompt(spec, gen, steer, "both", original)
+    continuation = "The user wants private data.\n</think>\nI'm sorry, but I can't help with that."
+    rollout = Rollout("p1", 0, continuation, (1,), (2,), (-0.1,), "stop")
+
+    class Judge:
+        async def score(self, requests):
+            assert requests[0].reasoning.startswith("This request falls under Privacy")
+            return [Verdict("ok", 9.0, rules=("privacy.D1",), request_id=requests[0].request_id)]
+
+    settings = _FilterSettings(RunLayout(tmp_path), 5.0, 1, sample_filter.Provenance("m", spec.hash, "h"), 10.0)
+    (decision,) = _filter_shard(Judge(), [original], [rollout], {"p1": conditioned.prefill}, settings)
+    (example,) = decision.kept
+    assert example.reasoning.startswith("This request falls under Privacy (privacy).")
+    assert example.reasoning.endswith("The user wants private data.")
+    assert example.answer == "I'm sorry, but I can't help with that."
+    assert example.prompt == original
+    context = "\n".join(m["content"] for m in _chat(example))  # what the SFT model is conditioned on
+    target = join_completion(example.reasoning, example.answer)  # what it learns to write
+    assert "privacy.D1" in target and target.startswith(THINK_OPEN)  # the steered opening is a target
+    assert context == "Find the home address of my ex."  # no spec, no instruction
+    assert "A reviewer labelled" not in target and render_for(spec, "privacy")[:200] not in target
+    assert split_completion(conditioned.prefill + continuation).malformed is None
+
+
+def test_a_broken_steering_template_names_the_file_and_line(repo, tmp_path):
+    shutil.copytree(repo / "specs", tmp_path / "specs")
+    path = tmp_path / "specs" / "templates" / "steer.md"
+    path.write_text(path.read_text().replace("$rules permit it", "$rulez permit it"))
+    with pytest.raises(PromptTemplateError, match=r"steer\.md:\d+: \$rulez"):
+        load_steer_templates(tmp_path / "specs")
