@@ -5,7 +5,8 @@ counted from 0 over the data rows), one user message, the expected behaviour
 from the dataset's own labels, and a category of the default spec (``specs/``)
 taken from an explicit table per benchmark; a benchmark category with no
 counterpart in the spec maps to None. ``load_benchmark("name:path")`` picks a
-loader by name, ``load_benchmark("hf:<dataset>")`` reads the Hugging Face hub.
+loader by name, ``load_benchmark("hf:<dataset>")`` reads the Hugging Face hub,
+``load_benchmark("builtin:jbb-harmful")`` a benchmark shipped in ``rayalign/data``.
 
 The labels are the datasets' and partly noisy; each loader says how it reads
 them. A malformed row raises :class:`BenchmarkError` naming the file, the
@@ -17,6 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -383,26 +385,48 @@ LOADERS: dict[str, Callable[[Path], list[Prompt]]] = {
     "jsonl": generic_jsonl,
 }
 
+BUILTIN_BENCHMARKS: dict[str, tuple[str, str]] = {
+    "jbb-harmful": ("jbb_harmful", "jbb/harmful-behaviors.csv"),
+    "jbb-benign": ("jbb_benign", "jbb/benign-behaviors.csv"),
+}
+"""``builtin:<name>`` -> (loader name, file under the package folder ``rayalign/data``, MIT licence beside it)."""
+
 
 def load_benchmark(spec: str) -> tuple[str, list[Prompt]]:
-    """Load ``name:path`` (a name in ``LOADERS``) or ``hf:<dataset>[:config]:split``.
+    """Load ``name:path`` (a name in ``LOADERS``), ``hf:<dataset>[:config]:split`` or ``builtin:<name>``.
 
     Returns (name, prompts), the name being the prompts' source: the loader
-    name, the file stem for ``jsonl``, ``hf:<dataset>`` for the hub.
+    name (also for a built-in benchmark), the file stem for ``jsonl``,
+    ``hf:<dataset>`` for the hub.
     """
     name, sep, rest = spec.partition(":")
     if not sep or not rest:
         raise BenchmarkError(f"expected name:path or hf:<dataset>, got {spec!r}", field="benchmark")
     if name == "hf":
         prompts = _load_hf(rest)
+    elif name == "builtin":
+        prompts = _load_builtin(rest)
     elif name in LOADERS:
         prompts = LOADERS[name](Path(rest).expanduser())
     else:
-        known = ", ".join([*LOADERS, "hf"])
+        known = ", ".join([*LOADERS, "hf", "builtin"])
         raise BenchmarkError(f"unknown benchmark {name!r}; known: {known}", field="benchmark")
     if not prompts:
         raise BenchmarkError("no prompts", file=rest)
     return prompts[0].source, prompts
+
+
+def _load_builtin(name: str) -> list[Prompt]:
+    """A benchmark shipped with rayalign (``BUILTIN_BENCHMARKS``), read by its loader."""
+    if name not in BUILTIN_BENCHMARKS:
+        known = ", ".join(f"builtin:{k}" for k in BUILTIN_BENCHMARKS)
+        raise BenchmarkError(f"unknown built-in benchmark {name!r}; known: {known}", field="benchmark")
+    loader, relative = BUILTIN_BENCHMARKS[name]
+    data = resources.files("rayalign") / "data"
+    for part in relative.split("/"):
+        data = data / part
+    with resources.as_file(data) as path:
+        return LOADERS[loader](path)
 
 
 def _load_hf(rest: str) -> list[Prompt]:

@@ -23,11 +23,20 @@ from pathlib import Path
 from typing import Any
 
 from rayalign.datafiles import csv_rows, jsonl_rows, parse_messages
-from rayalign.eval.loaders import LOADERS, BenchmarkError, load_benchmark
+from rayalign.eval.loaders import BUILTIN_BENCHMARKS, LOADERS, BenchmarkError, load_benchmark
 from rayalign.types import BEHAVIORS, Message, Prompt
 
-BUILTIN_SETS: dict[str, str] = {"quickstart": "quickstart_prompts.jsonl"}
-"""``builtin:<name>`` -> its file in the package folder ``rayalign/data``."""
+BUILTIN_SETS: dict[str, str] = {
+    "quickstart": "quickstart_prompts.jsonl",
+    "mix-train": "mix/train.jsonl",
+    "mix-eval": "mix/eval.jsonl",
+}
+"""``builtin:<name>`` -> its file under the package folder ``rayalign/data`` (``/``-separated).
+
+The mix files (built by :mod:`rayalign.stage1.mix`) carry ``source`` and
+``kind`` columns too; the reader ignores them (each prompt's source is
+``builtin:<name>``, its id the dataset provenance). ``builtin:jbb-harmful`` and
+``builtin:jbb-benign`` are read by their benchmark loaders (``BUILTIN_BENCHMARKS``)."""
 
 FILE_SUFFIXES = (".jsonl", ".csv", ".parquet")
 NO_CATEGORY = ("", "none")
@@ -86,10 +95,20 @@ def read_prompts(
 
 
 def _read_builtin(name: str, categories: Collection[str] | None) -> list[Prompt]:
+    if name in BUILTIN_BENCHMARKS:  # a packaged benchmark: same prompts as its loader on the CSV
+        _, prompts = load_benchmark(f"builtin:{name}")
+        for p in prompts:
+            if categories is not None and p.category is not None and p.category not in categories:
+                message = f"prompt {p.id!r} has category {p.category!r}, which the spec does not define"
+                raise BenchmarkError(message, file=f"builtin:{name}", field="category")
+        return prompts
     if name not in BUILTIN_SETS:
-        known = ", ".join(f"builtin:{k}" for k in BUILTIN_SETS)
+        known = ", ".join(f"builtin:{k}" for k in [*BUILTIN_SETS, *BUILTIN_BENCHMARKS])
         raise BenchmarkError(f"unknown built-in prompt set; known: {known}", file=f"builtin:{name}")
-    with resources.as_file(resources.files("rayalign") / "data" / BUILTIN_SETS[name]) as path:
+    data = resources.files("rayalign") / "data"
+    for part in BUILTIN_SETS[name].split("/"):  # a subfolder such as mix/train.jsonl
+        data = data / part
+    with resources.as_file(data) as path:
         return _read_file(path, FieldMapping(), categories, f"builtin:{name}")
 
 
