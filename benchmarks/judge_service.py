@@ -1,11 +1,12 @@
-"""Judge service throughput: dynamic batching vs one-at-a-time, over real HTTP.
+r"""Judge service throughput: dynamic batching vs one-at-a-time, over real HTTP.
 
 The same judge model (vLLM, guided JSON) serves both settings in the same run;
 only ``judge.max_batch_size`` differs (N vs 1). For 1, 8 and 32 concurrent
 HTTP clients it prints requests/s and p50/p99 latency, and the ratio.
 
     python benchmarks/judge_service.py [--model builtin:tiny] [--requests 64] [--clients 1,8,32]
-    python benchmarks/judge_service.py --model builtin:smollm2-135m-instruct --max-model-len 6144 --clients 32 --requests 32
+    python benchmarks/judge_service.py --model builtin:smollm2-135m-instruct --max-model-len 6144 \
+        --clients 32 --requests 32
 """
 
 from __future__ import annotations

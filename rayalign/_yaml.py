@@ -6,6 +6,7 @@ callers can report ``file:line: field`` for any value they reject.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -64,18 +65,29 @@ _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _co
 
 def load_yaml(path: str | Path, error: type[LocatedError] = LocatedError) -> Any:
     """Load one YAML file; syntax errors and duplicate keys name file and line."""
-    path = Path(path)
+    return _load(Path(path), error, lambda text: yaml.load(text, Loader=_LineLoader))  # noqa: S506 (SafeLoader)
+
+
+def load_yaml_documents(path: str | Path, error: type[LocatedError] = LocatedError) -> list[Any]:
+    """Every non-empty document of a multi-document YAML file, errors located as in :func:`load_yaml`."""
+    docs = _load(path, error, lambda text: list(yaml.load_all(text, Loader=_LineLoader)))  # noqa: S506
+    return [d for d in docs if d is not None]
+
+
+def _load(path: str | Path, error: type[LocatedError], parse: Callable[[str], Any]) -> Any:
+    """Read and parse ``path``; errors name it as ``str(path)``."""
+    file = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8")
     except OSError as e:
-        raise error(f"cannot read: {e.strerror}", file=str(path)) from None
+        raise error(f"cannot read: {e.strerror}", file=file) from None
     try:
-        return yaml.load(text, Loader=_LineLoader)  # noqa: S506 - SafeLoader subclass
+        return parse(text)
     except LocatedError as e:
-        raise error(e.message, file=str(path), line=e.line, field=e.field) from None
+        raise error(e.message, file=file, line=e.line, field=e.field) from None
     except yaml.MarkedYAMLError as e:
         line = e.problem_mark.line + 1 if e.problem_mark else None
-        raise error(f"invalid YAML: {e.problem}", file=str(path), line=line) from None
+        raise error(f"invalid YAML: {e.problem}", file=file, line=line) from None
 
 
 def line_of(container: Any, key: str | int) -> int | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+
 
 class RayalignError(Exception):
     """Base class for errors reported to the user without a traceback."""
@@ -36,3 +38,15 @@ class ConfigError(LocatedError):
 
 class ModelLoadError(RayalignError):
     """A model that cannot be found or loaded."""
+
+
+def did_you_mean(key: str, allowed: list[str]) -> str:
+    """A hint naming the allowed key closest to a misspelt one, or "".
+
+    >>> did_you_mean("max_wokers", ["min_workers", "max_workers"])
+    "; did you mean 'max_workers'?"
+    >>> did_you_mean("zzz", ["lr"])
+    ''
+    """
+    close = difflib.get_close_matches(key, allowed, n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""

@@ -20,12 +20,13 @@ from pathlib import Path
 
 import ray
 
-from rayalign.cluster import check_resource_plan, init_ray
+from rayalign.cluster import init_ray
 from rayalign.config import Config
 from rayalign.errors import ConfigError
 from rayalign.judge.service import JudgeSettings, judge_session
 from rayalign.learners import checkpoint_storage, publish_model, ray_trainer
 from rayalign.models import load_tokenizer, resolve_model
+from rayalign.resource_plan import check_resource_plan
 from rayalign.rl.loop import RLJob, rl_loop
 from rayalign.rollout.engine import EngineConfig
 from rayalign.rollout.pool import PoolResources, RolloutPool
@@ -57,7 +58,9 @@ class RLResult:
 
 
 def prompts_fingerprint(prompt_ids: list[str]) -> str:
-    """>>> prompts_fingerprint(["a", "b"]) == prompts_fingerprint(["a", "b"]) != prompts_fingerprint(["b", "a"])
+    """A hash of the training prompts' ids, in order.
+
+    >>> prompts_fingerprint(["a", "b"]) == prompts_fingerprint(["a", "b"]) != prompts_fingerprint(["b", "a"])
     True
     """
     return hashlib.sha256("\n".join(prompt_ids).encode()).hexdigest()[:16]

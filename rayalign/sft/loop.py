@@ -180,7 +180,8 @@ def restore(learner, job: SFTJob, rank: int, world_size: int) -> TrainState:
         if state.steps_per_epoch != job.steps_per_epoch:
             raise ResumeError(
                 f"checkpoint {directory.name} was made with {state.steps_per_epoch} steps per epoch, now "
-                f"{job.steps_per_epoch}: keep sft.micro_batch_size and sft.grad_accum to resume at the same data position"
+                f"{job.steps_per_epoch}: keep sft.micro_batch_size and sft.grad_accum "
+                "to resume at the same data position"
             )
         if state.world_size != world_size:
             raise ResumeError(

@@ -20,10 +20,11 @@ from pathlib import Path
 
 import ray
 
-from rayalign.cluster import check_resource_plan, init_ray
+from rayalign.cluster import init_ray
 from rayalign.config import Config
 from rayalign.learners import checkpoint_storage, publish_model, ray_trainer
 from rayalign.models import load_tokenizer, resolve_model
+from rayalign.resource_plan import check_resource_plan
 from rayalign.sft.data import (
     SFTDataError,
     build_rows,

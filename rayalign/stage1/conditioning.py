@@ -158,8 +158,8 @@ def steer_rules(spec: Spec, category: str, behavior: Behavior) -> tuple[tuple[st
 
     >>> from rayalign.spec import load_spec
     >>> spec = load_spec("specs")
-    >>> steer_rules(spec, "self_harm", "refuse")[1]
-    ('style.R1', 'style.R2', 'style.R3')
+    >>> steer_rules(spec, "self_harm", "refuse")
+    (('self_harm.D1', 'self_harm.D2', 'self_harm.D3'), ('style.R1', 'style.R2', 'style.R3', 'self_harm.Y3'))
     """
     c = spec.category(category)
     rules = tuple(r.id for r in c.rules if r.behavior == behavior)
@@ -168,7 +168,9 @@ def steer_rules(spec: Spec, category: str, behavior: Behavior) -> tuple[tuple[st
 
 
 def _join(ids: Sequence[str]) -> str:
-    """>>> _join(["a.D1", "a.D2", "a.D3"])
+    """Rule ids as a phrase.
+
+    >>> _join(["a.D1", "a.D2", "a.D3"])
     'a.D1, a.D2 and a.D3'
     """
     return ids[0] if len(ids) == 1 else ", ".join(ids[:-1]) + " and " + ids[-1]

@@ -5,9 +5,9 @@ import typing
 
 import pytest
 
-from rayalign.cluster import check_resource_plan, stage_demands
 from rayalign.config import Config, field_docs, load_config, parse_override
 from rayalign.errors import ConfigError
+from rayalign.resource_plan import check_resource_plan, stage_demands
 
 
 def _write(tmp_path, text: str):
