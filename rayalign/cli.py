@@ -254,6 +254,14 @@ def _cmd_judge_eval(args) -> int:
     return 0
 
 
+def _cmd_judge_detector_eval(args) -> int:
+    from rayalign.judge.calibration import detector_calibration, format_detector_report, read_pyrit_refusal
+
+    examples = [e for file in args.files for e in read_pyrit_refusal(file)]
+    print(format_detector_report(detector_calibration(examples)))
+    return 0
+
+
 def _cmd_cluster_check(args) -> int:
     from rayalign.clusterfile import capacity, check_config_fits, validate_cluster_file
     from rayalign.config import load_config
@@ -367,6 +375,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tolerance", type=float, default=0.5, help="a score move above this counts as shifted")
     p.add_argument("overrides", nargs="*", help=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_judge_injection)
+    p = judge.add_parser(
+        "detector-eval",
+        help="rate the cascade's string-match behaviour detector on PyRIT refusal CSVs (no model, no Ray)",
+    )
+    p.add_argument("files", nargs="+", metavar="FILE", help="CSV with objective, assistant_response, human_score")
+    p.set_defaults(func=_cmd_judge_detector_eval)
 
     p = sub.add_parser(
         "judge-eval", help="calibrate the judge on a labelled set: accuracy, precision, recall, F1, confusion matrix"

@@ -47,6 +47,8 @@ class TargetMetrics:
     unscorable: int = 0
     seconds: float = 0.0
     """Sampling seconds (sampler start, answers, scoring); judging is one shared pass."""
+    cascade: int = 0
+    """Verdicts the judge cascade decided (behaviour mismatch) without a judge call."""
 
     def get(self, name: str) -> MetricResult | None:
         """The metric called ``name`` (e.g. ``not_unsafe/privacy``), or None."""
@@ -113,10 +115,13 @@ def render_markdown(
         "",
     ]
     runs = [
-        [r.name, r.model or "–", str(r.answers), str(r.malformed), str(r.unscorable), f"{r.seconds:.1f}"]
+        [r.name, r.model or "–", str(r.answers), str(r.malformed), str(r.unscorable), str(r.cascade)]
+        + [f"{r.seconds:.1f}"]
         for r in results
     ]
-    lines += _table(["target", "model", "answers", "off-format", "unscorable", "sampling s"], runs, "llrrrr")
+    header = ["target", "model", "answers", "off-format", "unscorable", "cascade", "sampling s"]
+    lines += _table(header, runs, "llrrrrr")
+    lines += ["", "cascade: verdicts the behaviour check decided without a judge call (judge.cascade)."]
     lines += ["", "## Summary", ""]
     summary = [[r.name, *(format_ci(r.get(metric)) for metric in OUTCOMES)] for r in results]
     lines += _table(["target", *OUTCOMES], summary)

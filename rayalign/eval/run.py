@@ -22,6 +22,8 @@ behaviour as its label hint; its ``compliant`` gives ``unsafe`` on prompts
 that must be refused or safe-completed, its ``style_ok`` the style metric.
 ``refused`` is the string-match detector's, so not_overrefuse does not depend
 on the judge. Citation accuracy reads known rule ids in the reasoning.
+With ``judge.cascade`` on, answers whose behaviour plainly contradicts the
+expected one are decided without a judge call; the report counts them per target.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from rayalign.eval.metrics import MetricResult, ScoredAnswer, expected_rules_for
 from rayalign.eval.refusal import is_refusal
 from rayalign.eval.report import TargetMetrics, write_report
 from rayalign.eval.targets import EvalError, EvalTarget
+from rayalign.judge.cascade import cascade_count
 from rayalign.judge.client import JudgeClient
 from rayalign.judge.service import judge_session
 from rayalign.rollout.engine import EngineConfig, sampling_settings
@@ -123,6 +126,8 @@ class TargetResult:
     unscorable: int
     """Answers the judge could not score (their judge metrics are left out, not 0)."""
     times: PhaseTimes
+    cascade: int = 0
+    """Answers the judge cascade decided (behaviour mismatch) without a judge call."""
 
 
 @dataclass(frozen=True)
@@ -377,7 +382,11 @@ def _judge_all(ctx: _Context, sampled: Sequence[_Sampled]) -> tuple[list[list[Ve
     flat = [by_index[i] for i in range(len(requests))]
     judge_s = time.perf_counter() - tick
     unscorable = sum(v.status != "ok" for v in flat)
-    ctx.log(f"[eval] judged {len(flat)} answers of {len(sampled)} targets in {judge_s:.1f}s ({unscorable} unscorable)")
+    cascade = cascade_count(flat)
+    ctx.log(
+        f"[eval] judged {len(flat)} answers of {len(sampled)} targets in {judge_s:.1f}s "
+        f"({unscorable} unscorable, {cascade} decided by the cascade without a judge call)"
+    )
     verdicts, at = [], 0
     for s in sampled:
         verdicts.append(flat[at : at + len(s.prompts)])
@@ -407,7 +416,8 @@ def _score_target(ctx: _Context, sampled: _Sampled, verdicts: Sequence[Verdict])
     malformed = sum(c.malformed is not None for c in completions)
     unscorable = sum(v.status != "ok" for v in verdicts)
     times = PhaseTimes(sampled.start_s, sampled.generate_s, metrics_s)
-    return TargetResult(target, metrics, str(path), len(answers), malformed, unscorable, times)
+    cascade = cascade_count(verdicts)
+    return TargetResult(target, metrics, str(path), len(answers), malformed, unscorable, times, cascade)
 
 
 def _generate(ctx: _Context, target: EvalTarget, prompts: Sequence[Prompt]) -> tuple[list[Rollout], float, float]:
@@ -449,6 +459,7 @@ def _report_row(result: TargetResult) -> TargetMetrics:
         malformed=result.malformed,
         unscorable=result.unscorable,
         seconds=sum(dataclasses.astuple(result.times)),
+        cascade=result.cascade,
     )
 
 

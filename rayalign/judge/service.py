@@ -5,6 +5,9 @@ One deployment, ``JudgeService``: a FastAPI ingress (``POST /v1/judge``,
 backend. Requests, whether over HTTP or a ``DeploymentHandle``, go through
 ``@serve.batch``, so concurrent callers share one model call. A late verdict
 comes back *unscorable*, not as a hung request; a full queue answers 503.
+With ``judge.cascade`` on, each batch passes the behaviour check of
+:mod:`rayalign.judge.cascade` first and only the undecided requests reach
+the judge model; ``/v1/stats`` counts both.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from fastapi import FastAPI, Header, HTTPException
 from ray import serve
 
 from rayalign.judge.backends import FunctionJudge, JudgeBackend, LocalJudge
+from rayalign.judge.cascade import score_with_cascade
 from rayalign.judge.classify import (
     category_regex,
     classification,
@@ -54,6 +58,8 @@ class JudgeSettings:
     batch_wait_s: float = 0.05
     timeout_s: float = 120.0
     auth_token_env: str = ""
+    cascade: bool = False
+    """Decide behaviour mismatches with the string-match check before the judge model."""
 
     @classmethod
     def from_config(cls, cfg) -> JudgeSettings:
@@ -73,6 +79,7 @@ class JudgeSettings:
             batch_wait_s=j.batch_wait_s,
             timeout_s=j.timeout_s,
             auth_token_env=j.auth_token_env,
+            cascade=j.cascade,
         )
 
 
@@ -116,6 +123,10 @@ class JudgeStats:
     batch_sizes: dict[int, int]
     """Batch size -> how many batches of that size were scored."""
     pid: int
+    cascade: int = 0
+    """Requests the cascade decided (behaviour mismatch) without the judge model."""
+    judged: int = 0
+    """Requests sent to the judge model (each may take k runs and parse retries)."""
 
 
 app = FastAPI(title="rayalign judge", description="Spec-aware judge: scores an answer against the safety spec.")
@@ -140,6 +151,16 @@ class JudgeService:
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
     async def score_batch(self, requests: list[JudgeRequest]) -> list[Verdict]:
         self.batch_sizes[len(requests)] += 1
+        return await score_with_cascade(
+            requests,
+            self._judge,
+            enabled=self.settings.cascade,
+            spec_hash=self.spec.hash,
+        )
+
+    async def _judge(self, requests: list[JudgeRequest]) -> list[Verdict]:
+        """The judge model's verdicts on what the cascade left."""
+        self.counts["judged"] += len(requests)
         try:
             return await score_requests(self.backend, self.spec, self.templates, requests, self.settings.policy)
         except Exception as e:  # noqa: BLE001 - a backend failure is unscorable, never a crash of the caller
@@ -154,6 +175,7 @@ class JudgeService:
             self.counts["timeouts"] += 1
             verdict = self._unscorable(f"judge timed out after {self.settings.timeout_s:g}s", request)
         self.counts["unscorable"] += verdict.status != "ok"
+        self.counts["cascade"] += verdict.decided_by == "cascade"
         return verdict
 
     def _unscorable(self, reason: str, request: JudgeRequest) -> Verdict:
@@ -214,6 +236,8 @@ class JudgeService:
             timeouts=self.counts["timeouts"],
             batch_sizes=dict(self.batch_sizes),
             pid=os.getpid(),
+            cascade=self.counts["cascade"],
+            judged=self.counts["judged"],
         )
 
     def _check_auth(self, authorization: str | None) -> None:

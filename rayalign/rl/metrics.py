@@ -41,8 +41,13 @@ class LearnStats:
 def step_metrics(
     judged: Judged, stats: LearnStats, policy_version: int, prompts_seen: int, timings: dict[str, float]
 ) -> dict[str, float]:
-    """The step's metrics, named ``rl/...`` and ``timing/<phase>``."""
+    """The step's metrics, named ``rl/...`` and ``timing/<phase>``.
+
+    ``rl/cascade_rate`` is the share of scored verdicts the judge cascade
+    decided (judge calls saved); NaN when nothing was scored.
+    """
     scored = [x for x in judged.rewards if x is not None]
+    verdicts = [v for v in judged.verdicts if v is not None and v.status == "ok"]
     n = len(judged.rewards)
     mean = sum(scored) / len(scored) if scored else float("nan")
     std = (sum((x - mean) ** 2 for x in scored) / len(scored)) ** 0.5 if scored else float("nan")
@@ -51,6 +56,9 @@ def step_metrics(
         "rl/reward_std": std,
         "rl/unscorable_rate": sum(x is None for x in judged.rewards) / n,
         "rl/malformed_rate": sum(c.malformed is not None for c in judged.completions) / n,
+        "rl/cascade_rate": (
+            sum(v.decided_by == "cascade" for v in verdicts) / len(verdicts) if verdicts else float("nan")
+        ),
         "rl/completion_tokens": sum(len(x.token_ids) for x in judged.rollouts) / n,
         "rl/loss": stats.loss,
         "rl/kl": stats.kl,

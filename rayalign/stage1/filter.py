@@ -5,6 +5,8 @@ and low-scoring ones (min-over-k judge score below the threshold), keep the
 best ``keep_per_prompt``. The kept example pairs the ORIGINAL conversation
 (no spec text) with the reasoning and answer the spec-conditioned model
 wrote, plus provenance (spec hash, judge template hash, score, sample index).
+The report counts the verdicts the judge cascade decided (``decided_by ==
+"cascade"``): judge calls saved.
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ class Decision:
     best_score: float | None
     notes: tuple[str, ...] = ()
     """Distinct reasons the judge gave for unscorable verdicts (first 200 characters)."""
+    cascade: int = 0
+    """Candidates the judge cascade decided (behaviour mismatch) without a judge call."""
 
 
 def select(
@@ -86,6 +90,7 @@ def select(
         unscorable=unscorable,
         best_score=ranked[0].verdict.score if ranked else None,
         notes=tuple(sorted({c.verdict.explanation[:200] for c in judged if c.verdict.status != "ok"})),
+        cascade=sum(c.verdict.decided_by == "cascade" for c in judged),
     )
 
 
@@ -115,14 +120,16 @@ class CategoryStats:
     """Dropped prompts by reason."""
     mean_kept_score: float | None = None
     mean_best_score: float | None = None
+    cascade: int = 0
+    """Samples the judge cascade decided without a judge call."""
 
 
 def summarize(decisions: Sequence[Decision]) -> dict[str, CategoryStats]:
     """Per category (``none`` for uncategorised) plus ``all``.
 
-    >>> d = Decision("p", "privacy", (), "below_threshold", 2, 1, 0, 3.0)
-    >>> summarize([d])["all"].dropped
-    {'below_threshold': 1}
+    >>> d = Decision("p", "privacy", (), "below_threshold", 2, 1, 0, 3.0, cascade=1)
+    >>> summarize([d])["all"].dropped, summarize([d])["privacy"].cascade
+    ({'below_threshold': 1}, 1)
     """
     groups: dict[str, list[Decision]] = collections.defaultdict(list)
     for d in decisions:
@@ -145,6 +152,7 @@ def _stats(decisions: list[Decision]) -> CategoryStats:
         dropped=dict(collections.Counter(d.reason for d in decisions if d.reason != "kept")),
         mean_kept_score=_mean([e.score for d in decisions for e in d.kept if e.score is not None]),
         mean_best_score=_mean([d.best_score for d in decisions if d.best_score is not None]),
+        cascade=sum(d.cascade for d in decisions),
     )
 
 
@@ -155,19 +163,21 @@ def unscorable_reasons(decisions: Sequence[Decision], top: int = 3) -> list[tupl
 
 
 def format_report(stats: dict[str, CategoryStats]) -> str:
-    """The filter summary as a Markdown table."""
+    """The filter summary as a Markdown table; "cascade" counts samples decided
+    without a judge call (judge calls saved)."""
 
     def num(x: float | None) -> str:
         return "-" if x is None else f"{x:.2f}"
 
     lines = [
-        "| category | prompts | samples | malformed | unscorable | kept | dropped (reason: prompts) | mean kept score | mean best score |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| category | prompts | samples | malformed | unscorable | cascade | kept | dropped (reason: prompts) "
+        "| mean kept score | mean best score |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, s in stats.items():
         dropped = ", ".join(f"{k}: {v}" for k, v in sorted(s.dropped.items())) or "-"
         lines.append(
-            f"| {name} | {s.prompts} | {s.candidates} | {s.malformed} | {s.unscorable} | {s.kept} | {dropped} "
+            f"| {name} | {s.prompts} | {s.candidates} | {s.malformed} | {s.unscorable} | {s.cascade} | {s.kept} | {dropped} "
             f"| {num(s.mean_kept_score)} | {num(s.mean_best_score)} |"
         )
     return "\n".join(lines)
