@@ -350,6 +350,18 @@ def generic_jsonl(path: str | Path) -> list[Prompt]:
     return out.prompts
 
 
+def mix_heldout(path: str | Path) -> list[Prompt]:
+    """The training mix's held-out split without its JBB rows (evaluate JBB with its own loaders):
+    AdvBench and Do-Not-Answer requests to refuse, and the project's own benign and
+    safe-completion prompts, each with its spec category and expected behaviour."""
+    path = Path(path)
+    out = _Prompts(path, "mix_heldout")
+    for i, (line, record) in enumerate(jsonl_rows(path)):
+        if not str(record.get("source", "")).startswith("jbb"):
+            _add_record(out, record, row=i, line=line, keep_category=True)
+    return out.prompts
+
+
 def _add_record(out: _Prompts, record: Mapping[str, Any], *, row: int, line: int, keep_category: bool) -> None:
     """Add a generic record: messages or a prompt column, optional expected, category, id."""
     fail = partial(BenchmarkError, file=out.file, line=line)
@@ -383,11 +395,13 @@ LOADERS: dict[str, Callable[[Path], list[Prompt]]] = {
     "xstest": xstest,
     "donotanswer": donotanswer,
     "jsonl": generic_jsonl,
+    "mix_heldout": mix_heldout,
 }
 
 BUILTIN_BENCHMARKS: dict[str, tuple[str, str]] = {
     "jbb-harmful": ("jbb_harmful", "jbb/harmful-behaviors.csv"),
     "jbb-benign": ("jbb_benign", "jbb/benign-behaviors.csv"),
+    "mix-heldout": ("mix_heldout", "mix/eval.jsonl"),
 }
 """``builtin:<name>`` -> (loader name, file under the package folder ``rayalign/data``, MIT licence beside it)."""
 

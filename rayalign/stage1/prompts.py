@@ -407,24 +407,38 @@ def order_for_prefix_cache(prompts: Sequence[Prompt]) -> list[Prompt]:
 
 
 def limit_prompts(prompts: Sequence[Prompt], n: int) -> list[Prompt]:
-    """At most ``n`` prompts, taken round-robin across categories (0 = all).
+    """At most ``n`` prompts, taken round-robin across categories and, within a
+    category, across expected behaviours (0 = all): a small run still sees
+    refusals, compliances and safe completions of every category.
 
     >>> from rayalign.types import Message
-    >>> ps = [Prompt(f"{c}{i}", (Message("user", "x"),), category=c) for c in "ab" for i in range(3)]
-    >>> [p.id for p in limit_prompts(ps, 3)]
-    ['a0', 'a1', 'b0']
+    >>> ps = [Prompt(f"{c}{i}", (Message("user", "x"),), c, e) for c in "ab" for i, e in enumerate(["refuse"] * 3 + ["comply"])]
+    >>> [p.id for p in limit_prompts(ps, 4)]
+    ['a0', 'a3', 'b0', 'b3']
     """
     if n <= 0 or n >= len(prompts):
         return list(prompts)
-    by_category = collections.defaultdict(collections.deque)
+    by_category: dict[str | None, list[Prompt]] = collections.defaultdict(list)
     for p in prompts:
         by_category[p.category].append(p)
+    queues = [collections.deque(_interleave_behaviours(group)) for group in by_category.values()]
     chosen: set[str] = set()
     while len(chosen) < n:
-        for queue in by_category.values():
+        for queue in queues:
             if queue and len(chosen) < n:
                 chosen.add(queue.popleft().id)
     return [p for p in prompts if p.id in chosen]
+
+
+def _interleave_behaviours(prompts: Sequence[Prompt]) -> list[Prompt]:
+    """One prompt of each expected behaviour in turn (first-seen order), stable within a behaviour."""
+    groups: dict[str | None, collections.deque] = {}
+    for p in prompts:
+        groups.setdefault(p.expected, collections.deque()).append(p)
+    out: list[Prompt] = []
+    while len(out) < len(prompts):
+        out += [g.popleft() for g in groups.values() if g]
+    return out
 
 
 def training_prompts(cfg, spec) -> tuple[list[Prompt], list[Prompt], str]:
