@@ -13,7 +13,7 @@ export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: install quickstart test test-fast test-gpu lint bench clean
+.PHONY: install quickstart recipe test test-fast test-gpu lint bench clean
 
 install: $(STAMP)
 
@@ -32,7 +32,6 @@ $(STAMP): pyproject.toml Makefile
 
 # The main job on the embedded default: every stage that exists, on local Ray,
 # SmolLM2-135M-Instruct on CPU, W&B offline. Each stage prints its time.
-EVALDATA ?= ../shared/evaldata
 RUN ?= runs/quickstart
 quickstart: install
 	mkdir -p $(RUN) && date +%s > $(RUN)/.started
@@ -42,11 +41,28 @@ quickstart: install
 	$(VENV)/bin/rayalign generate configs/quickstart.yaml --tracking.run_dir=$(RUN)
 	$(VENV)/bin/rayalign sft configs/quickstart.yaml --tracking.run_dir=$(RUN)
 	$(VENV)/bin/rayalign rl configs/quickstart.yaml --tracking.run_dir=$(RUN) --rl.init=$(RUN)/sft/model --judge.k=1
-	if [ -d $(EVALDATA)/jbb ]; then $(VENV)/bin/rayalign eval configs/quickstart.yaml --tracking.run_dir=$(RUN) \
+	$(VENV)/bin/rayalign eval configs/quickstart.yaml --tracking.run_dir=$(RUN) \
 	  --checkpoints base=builtin:smollm2-135m-instruct,sft=$(RUN)/sft/model,rl=$(RUN)/rl/model --spec-in-context base \
-	  --benchmark jbb_harmful:$(EVALDATA)/jbb/harmful-behaviors.csv --benchmark jbb_benign:$(EVALDATA)/jbb/benign-behaviors.csv \
-	  --limit 5 --judge.k=1 --eval.max_new_tokens=128; fi
+	  --benchmark builtin:jbb-harmful --benchmark builtin:jbb-benign --limit 5 --judge.k=1 --eval.max_new_tokens=128
 	@echo "quickstart stages done in $$(( $$(date +%s) - $$(cat $(RUN)/.started) ))s (install not counted)"
+
+# The recipe: a small model made measurably safer on this machine (README "Results").
+# Stage 1 with behaviour steering and the judge cascade, SFT, RL, then an eval of
+# base, base + spec in context, SFT and RL on prompts none of them trained on.
+RECIPE ?= configs/recipe-cpu.yaml
+RECIPE_RUN ?= runs/recipe
+EVAL_LIMIT ?= 40
+recipe: install
+	mkdir -p $(RECIPE_RUN) && date +%s > $(RECIPE_RUN)/.started
+	$(VENV)/bin/rayalign config validate $(RECIPE)
+	$(VENV)/bin/rayalign model prepare builtin:smollm2-135m-instruct
+	$(VENV)/bin/rayalign generate $(RECIPE) --tracking.run_dir=$(RECIPE_RUN)
+	$(VENV)/bin/rayalign sft $(RECIPE) --tracking.run_dir=$(RECIPE_RUN)
+	$(VENV)/bin/rayalign rl $(RECIPE) --tracking.run_dir=$(RECIPE_RUN) --rl.init=$(RECIPE_RUN)/sft/model
+	$(VENV)/bin/rayalign eval $(RECIPE) --tracking.run_dir=$(RECIPE_RUN) \
+	  --checkpoints base=builtin:smollm2-135m-instruct,sft=$(RECIPE_RUN)/sft/model,rl=$(RECIPE_RUN)/rl/model \
+	  --spec-in-context base --limit $(EVAL_LIMIT)
+	@echo "recipe stages done in $$(( $$(date +%s) - $$(cat $(RECIPE_RUN)/.started) ))s (install not counted)"
 
 test: install
 	$(PY) -m pytest -q tests
