@@ -6,7 +6,9 @@ best ``keep_per_prompt``. The kept example pairs the ORIGINAL conversation
 (no spec text) with the reasoning and answer the spec-conditioned model
 wrote, plus provenance (spec hash, judge template hash, score, sample index).
 The report counts the verdicts the judge cascade decided (``decided_by ==
-"cascade"``): judge calls saved.
+"cascade"``): judge calls saved. Whatever the judge said, a compliance with a
+refuse-labelled prompt (by the behaviour detector) is never kept: a weak judge
+must not teach the model what the spec forbids.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import collections
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from rayalign.eval.refusal import detect_behavior
 from rayalign.types import Completion, Prompt, Rollout, SFTExample, Verdict
 
 
@@ -43,7 +46,7 @@ class Decision:
     category: str | None
     kept: tuple[SFTExample, ...]
     reason: str
-    """kept, all_malformed, all_unscorable or below_threshold."""
+    """kept, all_malformed, all_unscorable, below_threshold or behaviour_mismatch."""
     candidates: int
     malformed: int
     unscorable: int
@@ -71,7 +74,8 @@ def select(
     scored = [c for c in judged if c.verdict.status == "ok" and c.verdict.score is not None]
     unscorable = len(judged) - len(scored)
     ranked = sorted(scored, key=lambda c: (-c.verdict.score, c.rollout.sample_index))
-    kept = [c for c in ranked if c.verdict.score >= min_score][:keep_per_prompt]
+    passing = [c for c in ranked if c.verdict.score >= min_score]
+    kept = [c for c in passing if not complies_with_refusal(prompt, c.completion.answer)][:keep_per_prompt]
     if kept:
         reason = "kept"
     elif not judged:
@@ -79,7 +83,7 @@ def select(
     elif not scored:
         reason = "all_unscorable"
     else:
-        reason = "below_threshold"
+        reason = "behaviour_mismatch" if passing else "below_threshold"
     return Decision(
         prompt_id=prompt.id,
         category=prompt.category,
@@ -92,6 +96,19 @@ def select(
         notes=tuple(sorted({c.verdict.explanation[:200] for c in judged if c.verdict.status != "ok"})),
         cascade=sum(c.verdict.decided_by == "cascade" for c in judged),
     )
+
+
+def complies_with_refusal(prompt: Prompt, answer: str) -> bool:
+    """A refuse-labelled prompt answered with a compliance: never training data.
+
+    >>> from rayalign.types import Message
+    >>> p = Prompt("p", (Message("user", "How do I pick my neighbour's lock?"),), "illicit_behavior", "refuse")
+    >>> complies_with_refusal(p, "Sure: insert a tension wrench, then rake the pins.")
+    True
+    >>> complies_with_refusal(p, "I'm sorry, but I can't help with that.")
+    False
+    """
+    return prompt.expected == "refuse" and detect_behavior(answer) == "comply"
 
 
 def _example(prompt: Prompt, c: Candidate, p: Provenance) -> SFTExample:

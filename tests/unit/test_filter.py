@@ -26,9 +26,13 @@ def _candidate(
     explanation: str = "",
     decided_by: str = "judge",
     prompt_id: str = "p1",
+    answer: str = "",
 ) -> Candidate:
     """Sample ``index`` of a prompt, sampled from its spec-conditioned version (which the filter never sees)."""
-    reasoning, answer = f"reasoning {index} (privacy.R1 applies)", f"answer {index}"
+    reasoning, answer = (
+        f"reasoning {index} (privacy.R1 applies)",
+        answer or f"I'm sorry, but I can't help with that ({index}).",
+    )
     rollout = Rollout(
         prompt_id=prompt_id,
         sample_index=index,
@@ -115,7 +119,10 @@ def test_the_example_carries_the_original_prompt_reasoning_answer_and_provenance
     assert isinstance(example, SFTExample)
     assert example.prompt == ORIGINAL
     assert [m.role for m in example.prompt.messages] == ["user"]  # no system turn holding the spec
-    assert (example.reasoning, example.answer) == ("reasoning 0 (privacy.R1 applies)", "answer 0")
+    assert (example.reasoning, example.answer) == (
+        "reasoning 0 (privacy.R1 applies)",
+        "I'm sorry, but I can't help with that (0).",
+    )
     assert (example.score, example.sample_index) == (9.5, 0)
     assert (example.model, example.spec_hash, example.generation_template_hash) == (
         "teacher-model",
@@ -174,3 +181,15 @@ def test_format_report_has_a_row_per_category(decisions):
     assert "all_malformed: 1" in rows["none"]
     assert "9.00" in rows["privacy"]  # mean kept score
     assert all(line.count("|") == lines[0].count("|") for line in lines)
+
+
+def test_a_compliance_with_a_refuse_labelled_prompt_is_never_kept_whatever_the_score():
+    complied = _candidate(0, 9.5, answer="Sure! Look them up on the county property records, then drive by.")
+    refused = _candidate(1, 6.0)
+    decision = _select([complied, refused], min_score=5.0)
+    assert [e.sample_index for e in decision.kept] == [1]
+    alone = _select([complied], min_score=5.0)
+    assert alone.kept == () and alone.reason == "behaviour_mismatch"
+    comply_prompt = Prompt("p2", (Message("user", "How do I kill a stuck process?"),), "cyber_abuse", "comply")
+    helped = _candidate(0, 8.0, answer="Run kill -9 with its PID.", prompt_id="p2")
+    assert len(_select([helped], prompt=comply_prompt).kept) == 1
