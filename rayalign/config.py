@@ -29,6 +29,7 @@ from rayalign.config_tree import (
     FilterConfig,
     GenerateConfig,
     JudgeConfig,
+    LearnerConfig,
     ModelConfig,
     RLConfig,
     RolloutConfig,
@@ -50,6 +51,7 @@ __all__ = [
     "FilterConfig",
     "GenerateConfig",
     "JudgeConfig",
+    "LearnerConfig",
     "ModelConfig",
     "RLConfig",
     "RolloutConfig",
@@ -124,7 +126,24 @@ def _check_path(value: str, meta: dict, fail) -> None:
         fail(f"no such file or directory: {value}")
 
 
-def _build(cls: type, raw: dict, origins: dict[str, _Origin], prefix: str) -> Any:
+def _unknown_key_hint(cls: type, key: str, names: list[str], prefix: str) -> str:
+    """A suggestion for an unknown key: a subsection holding it (``sft.zero_stage`` ->
+    ``sft.learner.zero_stage``), else the closest key of this section."""
+    hints = typing.get_type_hints(cls)
+    for name in names:
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp) and key in {f.name for f in dataclasses.fields(tp)}:
+            return f"; did you mean {f'{prefix}{name}.{key}'!r}?"
+    return did_you_mean(key, names)
+
+
+def _section_default(f: dataclasses.Field, tp: type) -> Any:
+    """A subsection's default: the stage's own (sft.learner and rl.learner differ), else the class's."""
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else tp()
+
+
+def _build(cls: type, raw: dict, origins: dict[str, _Origin], prefix: str, base: Any = None) -> Any:
+    """``base`` (else ``cls()``) with the keys of ``raw`` replaced, checked and coerced."""
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls) if f.name != "source"]
     kwargs = {}
@@ -136,20 +155,20 @@ def _build(cls: type, raw: dict, origins: dict[str, _Origin], prefix: str) -> An
             raise ConfigError(message, file=file, line=line, field=dotted)
 
         if key not in names:
-            fail(f"unknown key{did_you_mean(str(key), names)} allowed: {', '.join(names)}")
+            fail(f"unknown key{_unknown_key_hint(cls, str(key), names, prefix)} allowed: {', '.join(names)}")
         f = next(f for f in dataclasses.fields(cls) if f.name == key)
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
             if not isinstance(value, dict):
                 fail(f"must be a mapping of {tp.__name__} fields")
-            kwargs[key] = _build(tp, value, origins, f"{dotted}.")
+            kwargs[key] = _build(tp, value, origins, f"{dotted}.", _section_default(f, tp))
             continue
         kwargs[key] = _coerce(value, tp, fail)
         if isinstance(kwargs[key], (int, float)):
             _check_range(kwargs[key], f.metadata, fail)
         if isinstance(kwargs[key], str):
             _check_path(kwargs[key], f.metadata, fail)
-    return cls(**kwargs)
+    return dataclasses.replace(base, **kwargs) if base is not None else cls(**kwargs)
 
 
 def _record_origins(node: Any, file: str, prefix: str, out: dict[str, _Origin]) -> None:
@@ -234,18 +253,18 @@ def to_dict(cfg: Any) -> dict:
 # ----------------------------------------------------------------- explain
 
 
-def explain(cls: type = Config, prefix: str = "") -> list[str]:
+def explain(cls: type = Config, prefix: str = "", defaults: Any = None) -> list[str]:
     """One line per config key: dotted name, type, default, doc."""
     lines = []
     hints = typing.get_type_hints(cls)
-    defaults = cls()
+    defaults = cls() if defaults is None else defaults
     for f in dataclasses.fields(cls):
         if f.name == "source":
             continue
         tp = hints[f.name]
         if dataclasses.is_dataclass(tp):
             lines.append(f"[{prefix}{f.name}] {field_docs(cls).get(f.name, '')}")
-            lines += explain(tp, f"{prefix}{f.name}.")
+            lines += explain(tp, f"{prefix}{f.name}.", getattr(defaults, f.name))
             continue
         default = getattr(defaults, f.name)
         lines.append(f"  {prefix}{f.name}: {_type_name(tp)} = {default!r}  # {field_docs(cls).get(f.name, '')}")

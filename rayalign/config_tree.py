@@ -154,7 +154,14 @@ class JudgeConfig:
     max_queued_requests: int = bounded(256, ge=1)
     """Requests waiting per replica before the service answers 503 (backpressure)."""
     timeout_s: float = bounded(120.0, gt=0.0)
-    """Per-request timeout; a late verdict is unscorable."""
+    """Per-verdict deadline on the request's own work, from when the client dispatches it: the client keeps only
+    as many requests in flight as the replicas batch at once, so time queued on the client's side does not count.
+    Give it a batch's duration with room to spare; a late verdict is asked again (judge.timeout_retries)."""
+    timeout_retries: int = bounded(1, ge=0)
+    """Times a verdict that missed judge.timeout_s is asked again before it comes back unscorable (timeout)."""
+    max_unscorable_share: float = bounded(0.05, ge=0.0, le=1.0)
+    """Drivers print a loud warning (with the losses by reason) when more than this share of a stage's verdicts
+    came back unscorable."""
     max_new_tokens: int = bounded(256, ge=16)
     """Verdict length cap."""
     threads: int = bounded(0, ge=0)
@@ -184,19 +191,33 @@ class FilterConfig:
 
 
 @dataclass(frozen=True)
-class SFTConfig:
+class LearnerConfig:
+    """The Ray Train learners of a training stage (sft.learner, rl.learner)."""
+
     strategy: Literal["deepspeed", "ddp"] = "deepspeed"
     """Distributed strategy of the Ray Train workers."""
     zero_stage: int = bounded(2, ge=0, le=3)
     """DeepSpeed ZeRO stage."""
-    num_workers: int = bounded(2, ge=1)
-    """Ray Train workers."""
+    num_workers: int = bounded(1, ge=1)
+    """Ray Train workers (learners)."""
     cpus_per_worker: float = bounded(1.0, ge=0.0)
     """Ray CPUs per worker."""
     gpus_per_worker: float = bounded(0.0, ge=0.0)
     """Ray GPUs per worker (0 or 1)."""
     resource: str = ""
     """Custom Ray resource each worker asks for (e.g. learner)."""
+    max_grad_norm: float = bounded(1.0, gt=0.0)
+    """Gradient clipping norm."""
+    checkpoint_every: int = bounded(50, ge=1)
+    """Optimizer steps (SFT) or RL steps between checkpoints."""
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    learner: LearnerConfig = field(
+        default_factory=lambda: LearnerConfig(num_workers=2, cpus_per_worker=1.0, checkpoint_every=50)
+    )
+    """Ray Train workers: strategy, ZeRO stage, resources, clipping, checkpoint cadence."""
     lr: float = bounded(1e-5, gt=0.0)
     """Peak learning rate."""
     epochs: int = bounded(1, ge=1)
@@ -213,16 +234,12 @@ class SFTConfig:
     """Linear learning-rate warm-up steps, then cosine decay."""
     weight_decay: float = bounded(0.0, ge=0.0)
     """AdamW weight decay."""
-    max_grad_norm: float = bounded(1.0, gt=0.0)
-    """Gradient clipping norm."""
     packing: bool = True
     """Pack short examples into full max_seq_len sequences."""
     lora_rank: int = bounded(0, ge=0)
     """LoRA rank; 0 trains all weights."""
     lora_alpha: float = bounded(16.0, gt=0.0)
     """LoRA scaling numerator."""
-    checkpoint_every: int = bounded(50, ge=1)
-    """Optimizer steps between checkpoints."""
     log_every: int = bounded(1, ge=1)
     """Optimizer steps between metric logs."""
 
@@ -265,22 +282,10 @@ class RLConfig:
     """Completions per learner forward pass; prompts_per_step * group_size must split evenly."""
     overlap: bool = False
     """Generate and judge step t+1 while learning step t (one step off-policy at most)."""
-    max_grad_norm: float = bounded(1.0, gt=0.0)
-    """Gradient clipping norm."""
-    strategy: Literal["deepspeed", "ddp"] = "deepspeed"
-    """Distributed strategy of the learners."""
-    zero_stage: int = bounded(2, ge=0, le=3)
-    """DeepSpeed ZeRO stage."""
-    num_workers: int = bounded(1, ge=1)
-    """Learner workers."""
-    cpus_per_worker: float = bounded(0.5, ge=0.0)
-    """Ray CPUs per learner."""
-    gpus_per_worker: float = bounded(0.0, ge=0.0)
-    """Ray GPUs per learner."""
-    resource: str = ""
-    """Custom Ray resource each learner asks for (e.g. learner)."""
-    checkpoint_every: int = bounded(5, ge=1)
-    """Steps between checkpoints."""
+    learner: LearnerConfig = field(
+        default_factory=lambda: LearnerConfig(num_workers=1, cpus_per_worker=0.5, checkpoint_every=5)
+    )
+    """Ray Train learners: strategy, ZeRO stage, resources, clipping, checkpoint cadence."""
     table_every: int = bounded(5, ge=1)
     """Steps between logged tables of (prompt, reasoning, answer, verdict)."""
 

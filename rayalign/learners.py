@@ -11,7 +11,10 @@ closures give the same update under either strategy.
     learner = build_learner(settings, model, world_size)
     grad_norm = learner.train_step([lambda m: loss_of(m, batch) for batch in batches], lr)
 
-Checkpoint helpers (``save_state``/``load_state``, RNG state) live here too.
+Each learner saves and loads its own weights and optimizer state
+(``save_state``/``load_state``); the RNG state helpers live here too. The
+checkpoints around them, and the rest of a Ray Train run, are
+:mod:`rayalign.training`.
 """
 
 from __future__ import annotations
@@ -19,9 +22,8 @@ from __future__ import annotations
 import copy
 import logging
 import random
-import shutil
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -231,117 +233,3 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-# ------------------------------------------------------- Ray Train workers
-
-
-def scaling_config(num_workers: int, cpus: float, gpus: float, resource: str):
-    """Ray Train's ScalingConfig for learners asking ``cpus``/``gpus`` and one unit of ``resource``."""
-    from ray.train import ScalingConfig
-
-    resources = {"CPU": cpus}
-    if gpus > 0:
-        resources["GPU"] = gpus
-    if resource:
-        resources[resource] = 1
-    return ScalingConfig(num_workers=num_workers, use_gpu=gpus > 0, resources_per_worker=resources)
-
-
-def checkpoint_storage(output_dir: str | Path, stage: str, run_dir: str | Path, *, resume: bool) -> tuple[Path, Path]:
-    """(output dir, its checkpoint storage), absolute. ``resume=False`` (a restart)
-    wipes the stage's earlier checkpoints and makes its next W&B run a new one."""
-    from rayalign.tracking import forget_run
-
-    output = Path(output_dir).resolve()
-    storage = output / "checkpoints"
-    if not resume:
-        shutil.rmtree(storage, ignore_errors=True)
-        forget_run(run_dir, stage)
-    return output, storage
-
-
-def ray_trainer(loop: Callable[[dict], None], job: Any, stage, storage: Path, name: str):
-    """A Ray Train TorchTrainer running ``loop({"job": job})`` on ``stage``'s learners
-    (``cfg.sft`` or ``cfg.rl``: num_workers, cpus/gpus_per_worker, resource); gloo on
-    CPU, NCCL on GPU; the newest two checkpoints kept under ``storage/name``."""
-    from ray.train import CheckpointConfig, RunConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    gpu = stage.gpus_per_worker > 0
-    return TorchTrainer(
-        loop,
-        train_loop_config={"job": job},
-        scaling_config=scaling_config(stage.num_workers, stage.cpus_per_worker, stage.gpus_per_worker, stage.resource),
-        torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
-        run_config=RunConfig(name=name, storage_path=str(storage), checkpoint_config=CheckpointConfig(num_to_keep=2)),
-    )
-
-
-def setup_worker(threads: int, use_gpu: bool) -> tuple[int, int]:
-    """Threads and device for this Ray Train worker; its (rank, world size)."""
-    import os
-
-    import ray.train
-    import ray.train.torch
-
-    torch.set_num_threads(threads)
-    os.environ.setdefault("DS_ACCELERATOR", "cuda" if use_gpu else "cpu")
-    if use_gpu:  # DeepSpeed takes the current CUDA device
-        torch.cuda.set_device(ray.train.torch.get_device())
-    context = ray.train.get_context()
-    return context.get_world_rank(), context.get_world_size()
-
-
-@contextmanager
-def rank0_tracker(cfg, stage: str, run_dir: str, rank: int):
-    """Rank 0 logs to the stage's tracker (a resumed stage continues its W&B run);
-    the others get one that writes nowhere."""
-    from rayalign.config import to_dict
-    from rayalign.tracking import Tracker, start_tracking
-
-    tracker = (
-        start_tracking(cfg.tracking, stage, to_dict(cfg), run_dir=run_dir, resume=True) if rank == 0 else Tracker(None)
-    )
-    try:
-        yield tracker
-    finally:
-        tracker.finish()
-
-
-def report_checkpoint(learner: Learner, tokenizer, state: dict, step: int, rank: int, metrics: dict) -> None:
-    """Every rank writes its part (optimizer shard, RNG state; rank 0 the HF
-    model and ``state.json``) and reports it; Ray Train merges the parts into
-    one ``step-NNNNNN`` folder."""
-    import json
-    import tempfile
-
-    import ray.train
-    from ray.train import Checkpoint
-
-    with tempfile.TemporaryDirectory(prefix="rayalign-ckpt-") as tmp:
-        directory = Path(tmp)
-        learner.save_state(directory, rank)
-        learner.export(directory / "model", tokenizer, rank)
-        torch.save(rng_state(), directory / f"rng_rank{rank}.pt")
-        if rank == 0:
-            (directory / "state.json").write_text(json.dumps(state, indent=2))
-        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp), checkpoint_dir_name=f"step-{step:06d}")
-
-
-def load_checkpoint_state(learner: Learner, directory: Path, rank: int) -> None:
-    """Weights, optimizer state and this rank's RNG state from a checkpoint folder."""
-    learner.load_state(directory, rank)
-    set_rng_state(torch.load(directory / f"rng_rank{rank}.pt", weights_only=False))
-
-
-def publish_model(checkpoint, destination: Path) -> Path:
-    """Copy the checkpoint's HF model to ``destination``, replacing an older one."""
-    with checkpoint.as_directory() as tmp:
-        source = Path(tmp) / "model"
-        staging = destination.with_name(destination.name + ".tmp")
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.copytree(source, staging)
-    shutil.rmtree(destination, ignore_errors=True)
-    staging.rename(destination)
-    return destination

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rayalign.config_tree import ClusterConfig, Config
+from rayalign.config_tree import ClusterConfig, Config, LearnerConfig
 from rayalign.errors import ConfigError
 
 
@@ -23,7 +23,7 @@ class Demand:
     """What one group of actors asks of Ray."""
 
     section: str
-    """Config section, e.g. rollout."""
+    """Config section holding the actors' keys, e.g. rollout or rl.learner."""
     count: int
     cpus: float
     gpus: float
@@ -97,6 +97,19 @@ def resource_units(demands: list[Demand]) -> dict[str, int]:
     return units
 
 
+def _learners(stage: str, learner: LearnerConfig) -> Demand:
+    """A training stage's Ray Train workers, keyed ``<stage>.learner.*``."""
+    section = f"{stage}.learner"
+    return Demand(
+        section,
+        learner.num_workers,
+        learner.cpus_per_worker,
+        learner.gpus_per_worker,
+        learner.resource,
+        f"{section}.num_workers",
+    )
+
+
 def stage_demands(cfg: Config) -> dict[str, list[Demand]]:
     """The actors each stage runs at the same time."""
     r, j = cfg.rollout, cfg.judge
@@ -104,9 +117,7 @@ def stage_demands(cfg: Config) -> dict[str, list[Demand]]:
     judge = Demand(
         "judge", max(j.replicas, j.max_replicas), j.cpus_per_replica, j.gpus_per_replica, j.resource, "judge.replicas"
     )
-    s, rl = cfg.sft, cfg.rl
-    sft = Demand("sft", s.num_workers, s.cpus_per_worker, s.gpus_per_worker, s.resource, "sft.num_workers")
-    learn = Demand("rl", rl.num_workers, rl.cpus_per_worker, rl.gpus_per_worker, rl.resource, "rl.num_workers")
+    sft, learn = (_learners(stage, getattr(cfg, stage).learner) for stage in ("sft", "rl"))
     return {"generate": [rollout, judge], "sft": [sft], "rl": [rollout, judge, learn], "eval": [rollout, judge]}
 
 
@@ -149,18 +160,19 @@ def _check_learners(cfg: Config, origins: dict) -> None:
     learners' micro-batches, several GPUs per learner, LoRA under ZeRO-3."""
     s, r = cfg.sft, cfg.rl
     batch = r.prompts_per_step * r.group_size
-    if batch % (r.num_workers * r.micro_batch_size):
+    if batch % (r.learner.num_workers * r.micro_batch_size):
         _fail(
             f"rl.prompts_per_step x rl.group_size = {batch} completions per step must split evenly over "
-            f"rl.num_workers ({r.num_workers}) x rl.micro_batch_size ({r.micro_batch_size})",
+            f"rl.learner.num_workers ({r.learner.num_workers}) x rl.micro_batch_size ({r.micro_batch_size})",
             "rl.micro_batch_size",
             origins,
         )
-    for section in ("sft", "rl"):
-        if getattr(cfg, section).gpus_per_worker > 1:
-            _fail("one GPU per learner at most; add learners instead", f"{section}.gpus_per_worker", origins)
-    if s.lora_rank > 0 and s.strategy == "deepspeed" and s.zero_stage == 3:
-        _fail("LoRA with ZeRO-3 is not supported; use sft.zero_stage <= 2 or sft.lora_rank=0", "sft.lora_rank", origins)
+    for stage in ("sft", "rl"):
+        if getattr(cfg, stage).learner.gpus_per_worker > 1:
+            _fail("one GPU per learner at most; add learners instead", f"{stage}.learner.gpus_per_worker", origins)
+    if s.lora_rank > 0 and s.learner.strategy == "deepspeed" and s.learner.zero_stage == 3:
+        message = "LoRA with ZeRO-3 is not supported; use sft.learner.zero_stage <= 2 or sft.lora_rank=0"
+        _fail(message, "sft.lora_rank", origins)
 
 
 def _check_totals(stage: str, demands: list[Demand], cfg: Config, origins: dict) -> None:

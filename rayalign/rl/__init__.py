@@ -12,6 +12,7 @@ Pure tensor math, importable without Ray or transformers:
 On Ray:
 
 - :mod:`rayalign.rl.loop`: the per-worker Ray Train loop, one step = generate,
-  reward, advantage, learn, sync, each timed; checkpoints and resume.
+  reward, advantage, learn, sync, each timed, on the job, checkpoints and
+  resume of :mod:`rayalign.training`.
 - :mod:`rayalign.rl.train`: the driver (judge service, sampler pool, trainer).
 """

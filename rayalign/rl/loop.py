@@ -11,14 +11,14 @@ learns on its share of the step's completions:
 With ``rl.overlap`` the first three phases of step t + 1 run in a thread of
 rank 0 while the learners train on step t (one step off-policy at most).
 
-A checkpoint (every ``rl.checkpoint_every`` steps and at the end) holds:
+A checkpoint (every ``rl.learner.checkpoint_every`` steps and at the end) holds:
 
     model/              the policy in Hugging Face format, from rank 0
     state.json          step, policy version, data position (prompts seen), from rank 0
     rng_rank<r>.pt      each worker's RNG state
     deepspeed/... or ddp_state.pt   weights and optimizer state (rayalign.learners)
 
-A restarted run finds it with ``get_checkpoint()``, pushes the restored
+A restarted run finds it (rayalign.training.restore), pushes the restored
 weights to the samplers under the saved policy version, and goes on at the
 same step and data position.
 """
@@ -26,36 +26,22 @@ same step and data position.
 from __future__ import annotations
 
 import dataclasses
-import json
-import time
 from collections import defaultdict
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import ray
-import ray.train
 import ray.train.torch
 import torch
 import torch.distributed as dist
 
-from rayalign.config import Config
 from rayalign.judge.client import JudgeClient
 from rayalign.judge.service import connect_judge
-from rayalign.learners import (
-    LearnerSettings,
-    ResumeError,
-    build_learner,
-    global_sum,
-    load_checkpoint_state,
-    rank0_tracker,
-    report_checkpoint,
-    setup_worker,
-)
-from rayalign.models import load_tokenizer, torch_dtype
+from rayalign.learners import build_learner, global_sum
+from rayalign.models import load_tokenizer
 from rayalign.rl.advantage import group_advantages
 from rayalign.rl.batch import (
     PolicyBatch,
@@ -77,25 +63,33 @@ from rayalign.rl.reward import (
     shape_rollout_reward,
 )
 from rayalign.rollout.format import format_regex
+from rayalign.training import (
+    Progress,
+    TrainingJob,
+    checkpoint_if_due,
+    due,
+    learner_settings,
+    rank0_tracker,
+    restore,
+    setup_worker,
+    timed,
+)
 from rayalign.types import Experience, Prompt, Rollout, SamplingSettings
 
 
 @dataclass(frozen=True)
-class RLJob:
-    """What every worker needs, built once by the driver."""
+class RLJob(TrainingJob):
+    """What every worker needs, built once by the driver. ``model_path`` is the
+    starting policy and the frozen KL reference; ``fingerprint`` hashes the prompt ids."""
 
-    cfg: Config
-    model_path: str
-    """Absolute local HF directory of the starting policy, also the frozen KL reference."""
+    stage: ClassVar[str] = "rl"
+    data_name: ClassVar[str] = "prompts"
+    data_keys: ClassVar[str] = "the same data.prompts"
+
     prompts: Any
     """ObjectRef to the training prompts (list[Prompt])."""
-    fingerprint: str
-    """Hash of the prompt ids; a checkpoint made on other prompts is refused."""
     pool: Any
     """The RolloutPool of sampler actors (used by rank 0)."""
-    pad_id: int
-    run_dir: str
-    use_gpu: bool
 
 
 @dataclass(frozen=True)
@@ -110,6 +104,24 @@ class RLState:
     samples_seen: int = 0
     fingerprint: str = ""
     world_size: int = 0
+
+
+@dataclass(frozen=True)
+class RLSummary:
+    """What a run has done, reported with each checkpoint; the driver builds RLResult from it."""
+
+    step: int
+    """Steps done in total (including those before a resume)."""
+    start_step: int
+    """Step this call started from."""
+    rewards: tuple[float, ...]
+    """Mean reward of each step this call trained (steps start_step+1 .. step)."""
+    kls: tuple[float, ...]
+    prompts_seen: int
+    """Data position after the last step."""
+    policy_version: int
+    completions_per_s: float
+    """Completions trained on per second of steps (generate + reward + learn + sync), checkpoints excluded."""
 
 
 # ------------------------------------------------------------ phases
@@ -202,7 +214,7 @@ def learn(
 
 def sync(learner, job: RLJob, version: int, rank: int) -> None:
     """New weights into every sampler, tagged ``version`` (ZeRO-3: all ranks gather)."""
-    if rank != 0 and not (job.cfg.rl.strategy == "deepspeed" and job.cfg.rl.zero_stage == 3):
+    if rank != 0 and not (job.learner.strategy == "deepspeed" and job.learner.zero_stage == 3):
         return
     state = learner.full_state_dict()
     if rank == 0:
@@ -213,8 +225,7 @@ def sync(learner, job: RLJob, version: int, rank: int) -> None:
 
 
 def _autocast(job: RLJob):
-    bf16 = job.use_gpu and torch_dtype(job.cfg.model.dtype, "cuda") == torch.bfloat16
-    return torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16) if job.bf16 else nullcontext()
 
 
 def _forward_logits(model, batch: PolicyBatch, device) -> torch.Tensor:
@@ -267,20 +278,10 @@ def _micro_step(batch: PolicyBatch, ref: torch.Tensor, job: RLJob, seqs: float, 
     return run
 
 
-def learner_settings(job: RLJob, world_size: int) -> LearnerSettings:
+def micro_batches_per_rank(job: RLJob, world_size: int) -> int:
+    """Each learner's share of a step's completions, in micro-batches (its grad_accum)."""
     r = job.cfg.rl
-    per_rank = r.prompts_per_step * r.group_size // world_size
-    return LearnerSettings(
-        strategy=r.strategy,
-        zero_stage=r.zero_stage,
-        lr=r.lr,
-        weight_decay=0.0,
-        max_grad_norm=r.max_grad_norm,
-        micro_batch_size=r.micro_batch_size,
-        grad_accum=per_rank // r.micro_batch_size,
-        use_gpu=job.use_gpu,
-        bf16=job.use_gpu and torch_dtype(job.cfg.model.dtype, "cuda") == torch.bfloat16,
-    )
+    return r.prompts_per_step * r.group_size // world_size // r.micro_batch_size
 
 
 def build_models(job: RLJob, device):
@@ -294,62 +295,25 @@ def build_models(job: RLJob, device):
     return policy, reference
 
 
-# ------------------------------------------------------------ checkpoints
-
-
-def restore(learner, job: RLJob, rank: int, world_size: int) -> RLState:
-    """The state of this run's latest checkpoint (weights, optimizer, RNG), or a fresh start."""
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
-        return RLState(fingerprint=job.fingerprint, world_size=world_size)
-    with checkpoint.as_directory() as tmp:
-        directory = Path(tmp)
-        state = RLState(**json.loads((directory / "state.json").read_text()))
-        if state.fingerprint != job.fingerprint:
-            raise ResumeError(
-                f"checkpoint {directory.name} was made on other prompts ({state.fingerprint}, now "
-                f"{job.fingerprint}); resume with the same data.prompts, or restart"
-            )
-        if state.world_size != world_size:
-            raise ResumeError(
-                f"checkpoint {directory.name} was made by {state.world_size} learners; rl.num_workers is {world_size}"
-            )
-        load_checkpoint_state(learner, directory, rank)
-    return state
-
-
 # ------------------------------------------------------------ the loop
 
 
-@contextmanager
-def _timed(timings: dict[str, float], phase: str):
-    began = time.perf_counter()
-    try:
-        yield
-    finally:
-        timings[phase] = time.perf_counter() - began
-
-
 @dataclass
-class _Progress:
-    """What this call has trained (a resumed run starts at ``start_step``)."""
+class _Progress(Progress):
+    """Progress counting completions, with each step's mean reward and KL (rank 0)."""
 
-    start_step: int
     rewards: list[float] = field(default_factory=list)
     kls: list[float] = field(default_factory=list)
-    completions: int = 0
-    seconds: float = 0.0
 
-    def report(self, state: RLState) -> dict:
-        """The metrics sent with a checkpoint; the driver builds RLResult from them."""
-        return dict(
+    def summary(self, state: RLState) -> RLSummary:
+        return RLSummary(
             step=state.step,
             start_step=self.start_step,
-            rewards=list(self.rewards),
-            kls=list(self.kls),
+            rewards=tuple(self.rewards),
+            kls=tuple(self.kls),
             prompts_seen=state.prompts_seen,
             policy_version=state.policy_version,
-            completions_per_s=self.completions / max(self.seconds, 1e-9),
+            completions_per_s=self.rate(),
         )
 
 
@@ -367,11 +331,11 @@ def prepare(job: RLJob, client: JudgeClient, prompts: Sequence[Prompt], step: in
     """The generate, reward and advantage phases of ``step``."""
     r, timings = job.cfg.rl, {}
     picked = [prompts[i] for i in step_prompt_indices(len(prompts), step, r.prompts_per_step, job.cfg.data.seed)]
-    with _timed(timings, "generate"):
+    with timed(timings, "generate"):
         rollouts = generate(job, picked, step)
-    with _timed(timings, "reward"):
+    with timed(timings, "reward"):
         judged = reward(job, client, picked, rollouts)
-    with _timed(timings, "advantage"):
+    with timed(timings, "advantage"):
         experiences = advantage(job, judged)
     return Prepared(judged, experiences, timings)
 
@@ -408,10 +372,10 @@ def rl_loop(config: dict) -> None:
     """Ray Train's per-worker function: ``config = {"job": RLJob}``."""
     job: RLJob = config["job"]
     r = job.cfg.rl
-    rank, world_size = setup_worker(job.cfg.model.threads, job.use_gpu)
+    rank, world_size = setup_worker(job)
     policy, reference = build_models(job, ray.train.torch.get_device() if job.use_gpu else torch.device("cpu"))
-    learner = build_learner(learner_settings(job, world_size), policy, world_size)
-    state = restore(learner, job, rank, world_size)
+    learner = build_learner(learner_settings(job, micro_batches_per_rank(job, world_size)), policy, world_size)
+    state = restore(learner, job, rank, world_size, RLState(fingerprint=job.fingerprint, world_size=world_size))
     if state.policy_version > 0:  # samplers start from the initial weights
         sync(learner, job, state.policy_version, rank)
     tokenizer = load_tokenizer(job.model_path) if rank == 0 else None
@@ -421,10 +385,10 @@ def rl_loop(config: dict) -> None:
         rollouts = _Rollouts(job, client, ray.get(job.prompts))
     progress = _Progress(state.step)
     try:
-        with rank0_tracker(job.cfg, "rl", job.run_dir, rank) as tracker:
-            for step in range(state.step, r.steps):
+        with rank0_tracker(job, rank) as tracker:
+            for step in range(state.step, job.total_steps):
                 timings: dict[str, float] = {}
-                with _timed(timings, "step"):
+                with timed(timings, "step"):
                     prepared, experiences, stats = _step(
                         job, step, state, rollouts, learner, reference, rank, world_size, timings
                     )
@@ -438,12 +402,9 @@ def rl_loop(config: dict) -> None:
                 )
                 if rank == 0:
                     _log_step(tracker, progress, prepared, stats, state, timings | prepared.timings, staleness, r)
-                progress.completions += len(experiences)
+                progress.items += len(experiences)
                 progress.seconds += timings["step"]
-                if state.step % r.checkpoint_every == 0 or state.step == r.steps:
-                    began = time.perf_counter()
-                    report_checkpoint(learner, tokenizer, asdict(state), state.step, rank, progress.report(state))
-                    tracker.log({"timing/checkpoint": time.perf_counter() - began}, step=state.step)
+                checkpoint_if_due(job, learner, tokenizer, state, rank, tracker, progress)
     finally:
         if rollouts is not None:
             rollouts.close()
@@ -453,13 +414,13 @@ def _step(job: RLJob, step: int, state: RLState, rollouts, learner, reference, r
     """One step's phases on this rank: (rank 0's Prepared or None, the step's experiences, LearnStats)."""
     prepared = None
     if rank == 0:
-        with _timed(timings, "wait_rollouts"):
+        with timed(timings, "wait_rollouts"):
             prepared = rollouts.get(step)
         rollouts.prefetch(step + 1)
     experiences = share_experiences(prepared.experiences if prepared else None, rank, world_size)
-    with _timed(timings, "learn"):
+    with timed(timings, "learn"):
         stats = learn(learner, reference, job, experiences, job.cfg.rl.lr, rank, world_size)
-    with _timed(timings, "sync"):
+    with timed(timings, "sync"):
         sync(learner, job, state.policy_version + 1, rank)
     return prepared, experiences, stats
 
@@ -473,5 +434,5 @@ def _log_step(
     tracker.log(metrics, step=state.step)
     progress.rewards.append(metrics["rl/reward_mean"])
     progress.kls.append(stats.kl)
-    if state.step % r.table_every == 0 or state.step == r.steps:
+    if due(state.step, r.table_every, r.steps):
         tracker.table("rl/samples", TABLE_COLUMNS, table_rows(prepared.judged), step=state.step)

@@ -24,17 +24,15 @@ from rayalign.cluster import init_ray
 from rayalign.config import Config
 from rayalign.errors import ConfigError
 from rayalign.judge.service import JudgeSettings, judge_session
-from rayalign.learners import checkpoint_storage, publish_model, ray_trainer
 from rayalign.models import load_tokenizer, resolve_model
 from rayalign.resource_plan import check_resource_plan
-from rayalign.rl.loop import RLJob, rl_loop
+from rayalign.rl.loop import RLJob, RLSummary, rl_loop
 from rayalign.rollout.engine import EngineConfig
 from rayalign.rollout.pool import PoolResources, RolloutPool
 from rayalign.spec import load_spec
 from rayalign.stage1.categories import categorise
 from rayalign.stage1.prompts import training_prompts
-
-RUN_NAME = "rl"
+from rayalign.training import Trained, checkpoint_storage, fit
 
 
 @dataclass(frozen=True)
@@ -55,6 +53,21 @@ class RLResult:
     """Completions trained on per second of steps (generate + reward + learn + sync), checkpoints excluded."""
     checkpoint: Path
     model_dir: Path
+
+    @classmethod
+    def of(cls, trained: Trained[RLSummary]) -> RLResult:
+        summary = trained.summary
+        return cls(
+            steps=summary.step,
+            start_step=summary.start_step,
+            rewards=summary.rewards,
+            kls=summary.kls,
+            prompts_seen=summary.prompts_seen,
+            policy_version=summary.policy_version,
+            completions_per_s=summary.completions_per_s,
+            checkpoint=trained.checkpoint,
+            model_dir=trained.model_dir,
+        )
 
 
 def prompts_fingerprint(prompt_ids: list[str]) -> str:
@@ -84,24 +97,10 @@ def run_rl(cfg: Config, output_dir: str | Path, *, resume: bool = True, log=prin
     init_ray(cfg.cluster)
     with judge_session(cfg, JudgeSettings.from_config(cfg)) as client:
         prompts = categorise(cfg, prompts, client, log)  # stage 1's saved answers, or the judge's now
-        result = _train(cfg, prompts, model_path, storage)
-    if result.checkpoint is None or not result.metrics:
-        raise RuntimeError(f"RL finished without a checkpoint in {storage}")
-    m = result.metrics
-    return RLResult(
-        steps=int(m["step"]),
-        start_step=int(m["start_step"]),
-        rewards=tuple(m["rewards"]),
-        kls=tuple(m["kls"]),
-        prompts_seen=int(m["prompts_seen"]),
-        policy_version=int(m["policy_version"]),
-        completions_per_s=float(m["completions_per_s"]),
-        checkpoint=Path(result.checkpoint.path),
-        model_dir=publish_model(result.checkpoint, output_dir / "model"),
-    )
+        return RLResult.of(_train(cfg, prompts, model_path, storage, output_dir))
 
 
-def _train(cfg: Config, prompts, model_path: Path, storage):
+def _train(cfg: Config, prompts, model_path: Path, storage: Path, output_dir: Path) -> Trained[RLSummary]:
     """The Ray Train run, with a sampler pool that lives as long as it does."""
     pool = RolloutPool(EngineConfig.from_config(cfg, model=str(model_path)), PoolResources.from_config(cfg))
     try:
@@ -109,13 +108,13 @@ def _train(cfg: Config, prompts, model_path: Path, storage):
         job = RLJob(
             cfg=cfg,
             model_path=str(model_path),
-            prompts=ray.put(prompts),
-            fingerprint=prompts_fingerprint([p.id for p in prompts]),
-            pool=pool,
-            pad_id=load_tokenizer(str(model_path)).pad_token_id,
             run_dir=str(Path(cfg.tracking.run_dir).resolve()),
-            use_gpu=cfg.rl.gpus_per_worker > 0,
+            pad_id=load_tokenizer(str(model_path)).pad_token_id,
+            fingerprint=prompts_fingerprint([p.id for p in prompts]),
+            total_steps=cfg.rl.steps,
+            prompts=ray.put(prompts),
+            pool=pool,
         )
-        return ray_trainer(rl_loop, job, cfg.rl, storage, RUN_NAME).fit()
+        return fit(rl_loop, job, storage, output_dir, RLSummary)
     finally:
         pool.shutdown()

@@ -2,12 +2,13 @@
 
     rows -> batches -> forward/backward (x grad_accum) -> optimizer step -> log -> checkpoint
 
-The learner (DeepSpeed ZeRO stages 0-3, or DDP) comes from rayalign.learners.
+The learner (DeepSpeed ZeRO stages 0-3, or DDP) comes from rayalign.learners;
+the job, checkpoints and their restoration from rayalign.training.
 Loss is the mean over every completion token of the optimizer step, on all
 workers together (as TRL does with ``num_items_in_batch``), so a worker with
 longer examples does not count less.
 
-A checkpoint (every ``sft.checkpoint_every`` steps and at the end) holds:
+A checkpoint (every ``sft.learner.checkpoint_every`` steps and at the end) holds:
 
     model/                      Hugging Face weights + tokenizer (LoRA merged), from rank 0
     state.json                  step, tokens seen, data fingerprint, world size, from rank 0
@@ -22,29 +23,14 @@ Every rank reports its directory and Ray Train merges them into one
 from __future__ import annotations
 
 import dataclasses
-import json
-import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import ray
-import ray.train
-import ray.train.torch
 import torch
 
-from rayalign.config import Config
-from rayalign.learners import (
-    LearnerSettings,
-    ResumeError,
-    build_learner,
-    global_sum,
-    load_checkpoint_state,
-    rank0_tracker,
-    report_checkpoint,
-    setup_worker,
-)
-from rayalign.models import load_tokenizer, torch_dtype
+from rayalign.learners import build_learner, global_sum
+from rayalign.models import load_tokenizer
 from rayalign.sft.data import (
     IGNORE_INDEX,
     Batch,
@@ -55,28 +41,42 @@ from rayalign.sft.data import (
     prefer_flat,
     step_rows,
 )
+from rayalign.training import (
+    Progress,
+    TrainingJob,
+    checkpoint_if_due,
+    due,
+    learner_settings,
+    rank0_tracker,
+    restore,
+    setup_worker,
+    timed,
+)
 
 
 @dataclass(frozen=True)
-class SFTJob:
-    """What every worker needs, built once by the driver."""
+class SFTJob(TrainingJob):
+    """What every worker needs, built once by the driver; ``fingerprint`` hashes the packed rows."""
 
-    cfg: Config
-    model_path: str
-    """Absolute local HF directory of the starting weights."""
+    stage: ClassVar[str] = "sft"
+    data_name: ClassVar[str] = "SFT data"
+    data_keys: ClassVar[str] = "the same examples and sft.max_seq_len/packing"
+
     rows: Any
     """ObjectRef to the list of packed rows (rayalign.sft.data.Row)."""
     num_rows: int
-    fingerprint: str
-    """Hash of the rows; a checkpoint made on other data is refused."""
-    total_steps: int
     steps_per_epoch: int
-    pad_id: int
-    run_dir: str
-    """Absolute directory of the tracker's metrics.jsonl."""
-    use_gpu: bool
     data: RowStats
     """What became of the examples (logged to the run summary)."""
+
+    def resume_problem(self, saved: TrainState, checkpoint: str) -> str | None:
+        if saved.steps_per_epoch == self.steps_per_epoch:
+            return None
+        return (
+            f"checkpoint {checkpoint} was made with {saved.steps_per_epoch} steps per epoch, now "
+            f"{self.steps_per_epoch}: keep sft.micro_batch_size and sft.grad_accum "
+            "to resume at the same data position"
+        )
 
 
 @dataclass(frozen=True)
@@ -92,6 +92,23 @@ class TrainState:
 
 
 @dataclass(frozen=True)
+class SFTSummary:
+    """What a run has done, reported with each checkpoint; the driver builds SFTResult from it."""
+
+    step: int
+    """Optimizer steps done in total (including those before a resume)."""
+    start_step: int
+    """Step this call started from."""
+    loss: float
+    """Loss of the last step."""
+    losses: tuple[float, ...]
+    """Loss of each step this call trained (steps start_step+1 .. step)."""
+    tokens_per_s: float
+    """Non-padding tokens per second of steps, all workers together (checkpoints excluded)."""
+    tokens_seen: int
+
+
+@dataclass(frozen=True)
 class StepStats:
     loss: float
     """Mean completion-token loss of the step, all workers together."""
@@ -101,22 +118,6 @@ class StepStats:
 
 
 # ---------------------------------------------------------------- learning
-
-
-def learner_settings(job: SFTJob) -> LearnerSettings:
-    s = job.cfg.sft
-    return LearnerSettings(
-        strategy=s.strategy,
-        zero_stage=s.zero_stage,
-        lr=s.lr,
-        weight_decay=s.weight_decay,
-        max_grad_norm=s.max_grad_norm,
-        micro_batch_size=s.micro_batch_size,
-        grad_accum=s.grad_accum,
-        lora=s.lora_rank > 0,
-        use_gpu=job.use_gpu,
-        bf16=job.use_gpu and torch_dtype(job.cfg.model.dtype, "cuda") == torch.bfloat16,
-    )
 
 
 def _loss_tokens(batches: list[Batch]) -> int:
@@ -160,38 +161,6 @@ def context_scale(model) -> float:
     return model.num_parameters() / (2 * config.hidden_size * config.num_hidden_layers)
 
 
-# ------------------------------------------------------------ checkpoints
-
-
-def restore(learner, job: SFTJob, rank: int, world_size: int) -> TrainState:
-    """The state of the latest checkpoint of this run (weights, optimizer, RNG), or a fresh start."""
-    checkpoint = ray.train.get_checkpoint()
-    fresh = TrainState(0, 0, job.fingerprint, world_size, job.steps_per_epoch)
-    if checkpoint is None:
-        return fresh
-    with checkpoint.as_directory() as tmp:
-        directory = Path(tmp)
-        state = TrainState(**json.loads((directory / "state.json").read_text()))
-        if state.fingerprint != job.fingerprint:
-            raise ResumeError(
-                f"checkpoint {directory.name} was made on other SFT data (rows {state.fingerprint}, "
-                f"now {job.fingerprint}); resume with the same examples and sft.max_seq_len/packing, or resume=False"
-            )
-        if state.steps_per_epoch != job.steps_per_epoch:
-            raise ResumeError(
-                f"checkpoint {directory.name} was made with {state.steps_per_epoch} steps per epoch, now "
-                f"{job.steps_per_epoch}: keep sft.micro_batch_size and sft.grad_accum "
-                "to resume at the same data position"
-            )
-        if state.world_size != world_size:
-            raise ResumeError(
-                f"checkpoint {directory.name} was made by {state.world_size} workers; "
-                f"sft.num_workers is {world_size} (ZeRO optimizer shards cannot be re-split)"
-            )
-        load_checkpoint_state(learner, directory, rank)
-    return state
-
-
 # --------------------------------------------------------------- the loop
 
 
@@ -219,68 +188,59 @@ def _step(learner, rows, job: SFTJob, step: int, rank: int, world_size: int, lr:
 
 
 @dataclass
-class _Progress:
-    """What this call has trained (a resumed run starts at ``start_step``)."""
+class _Progress(Progress):
+    """Progress counting tokens, with each step's loss."""
 
-    start_step: int
     losses: list[float] = field(default_factory=list)
-    seconds: float = 0.0
-    tokens: int = 0
 
     def add(self, stats: StepStats, seconds: float) -> None:
         self.losses.append(stats.loss)
         self.seconds += seconds
-        self.tokens += stats.tokens
+        self.items += stats.tokens
 
-    def report(self, state: TrainState) -> dict:
-        """The metrics sent with a checkpoint; the driver builds SFTResult from them."""
-        return dict(
+    def summary(self, state: TrainState) -> SFTSummary:
+        return SFTSummary(
             step=state.step,
             start_step=self.start_step,
             loss=self.losses[-1],
-            losses=list(self.losses),
-            tokens_per_s=self.tokens / max(self.seconds, 1e-9),
+            losses=tuple(self.losses),
+            tokens_per_s=self.rate(),
             tokens_seen=state.tokens_seen,
         )
-
-
-def _due(step: int, every: int, total: int) -> bool:
-    return step % every == 0 or step == total
 
 
 def train_loop(config: dict) -> None:
     """Ray Train's per-worker function: ``config = {"job": SFTJob}``."""
     job: SFTJob = config["job"]
     s = job.cfg.sft
-    rank, world_size = setup_worker(job.cfg.model.threads, job.use_gpu)
+    rank, world_size = setup_worker(job)
     rows = ray.get(job.rows)
     model = build_model(job)
     ctx_scale = context_scale(model)
-    learner = build_learner(learner_settings(job), model, world_size)
-    state = restore(learner, job, rank, world_size)
+    settings = learner_settings(job, s.grad_accum, weight_decay=s.weight_decay, lora=s.lora_rank > 0)
+    learner = build_learner(settings, model, world_size)
+    fresh = TrainState(0, 0, job.fingerprint, world_size, job.steps_per_epoch)
+    state = restore(learner, job, rank, world_size, fresh)
     tokenizer = load_tokenizer(job.model_path) if rank == 0 else None
     progress = _Progress(state.step)
-    with rank0_tracker(job.cfg, "sft", job.run_dir, rank) as tracker:
+    with rank0_tracker(job, rank) as tracker:
         tracker.summary({f"sft/data_{k}": v for k, v in asdict(job.data).items()})
         for step in range(state.step, job.total_steps):
             lr = s.lr * lr_factor(step, s.warmup_steps, job.total_steps)
-            began = time.perf_counter()
-            stats = _step(learner, rows, job, step, rank, world_size, lr, ctx_scale)
-            seconds = time.perf_counter() - began
+            timings: dict[str, float] = {}
+            with timed(timings, "step"):
+                stats = _step(learner, rows, job, step, rank, world_size, lr, ctx_scale)
             state = dataclasses.replace(state, step=step + 1, tokens_seen=state.tokens_seen + stats.tokens)
-            progress.add(stats, seconds)
-            if _due(state.step, s.log_every, job.total_steps):
-                tracker.log(_metrics(lr, stats, state, seconds), step=state.step)
-            if _due(state.step, s.checkpoint_every, job.total_steps):
-                began = time.perf_counter()
-                report_checkpoint(learner, tokenizer, asdict(state), state.step, rank, progress.report(state))
-                tracker.log({"timing/checkpoint": time.perf_counter() - began}, step=state.step)
+            progress.add(stats, timings["step"])
+            if due(state.step, s.log_every, job.total_steps):
+                tracker.log(_metrics(lr, stats, state, timings["step"]), step=state.step)
+            checkpoint_if_due(job, learner, tokenizer, state, rank, tracker, progress)
         if progress.losses:
             tracker.summary(
                 {
                     "sft/final_loss": progress.losses[-1],
                     "sft/steps": state.step,
-                    "sft/train_tokens_per_s": progress.tokens / max(progress.seconds, 1e-9),
+                    "sft/train_tokens_per_s": progress.rate(),
                 }
             )
 

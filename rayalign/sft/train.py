@@ -22,7 +22,6 @@ import ray
 
 from rayalign.cluster import init_ray
 from rayalign.config import Config
-from rayalign.learners import checkpoint_storage, publish_model, ray_trainer
 from rayalign.models import load_tokenizer, resolve_model
 from rayalign.resource_plan import check_resource_plan
 from rayalign.sft.data import (
@@ -32,11 +31,10 @@ from rayalign.sft.data import (
     rows_fingerprint,
     steps_per_epoch,
 )
-from rayalign.sft.loop import SFTJob, train_loop
+from rayalign.sft.loop import SFTJob, SFTSummary, train_loop
+from rayalign.training import Trained, checkpoint_storage, fit
 
 log = logging.getLogger(__name__)
-
-RUN_NAME = "sft"
 
 
 @dataclass(frozen=True)
@@ -57,10 +55,23 @@ class SFTResult:
     model_dir: Path
     """The final model in Hugging Face format."""
 
+    @classmethod
+    def of(cls, trained: Trained[SFTSummary]) -> SFTResult:
+        summary = trained.summary
+        return cls(
+            steps=summary.step,
+            start_step=summary.start_step,
+            final_loss=summary.loss,
+            losses=summary.losses,
+            tokens_per_s=summary.tokens_per_s,
+            checkpoint=trained.checkpoint,
+            model_dir=trained.model_dir,
+        )
+
 
 def _total_steps(cfg: Config, num_rows: int) -> tuple[int, int]:
     s = cfg.sft
-    per_epoch = steps_per_epoch(num_rows, s.num_workers * s.micro_batch_size * s.grad_accum)
+    per_epoch = steps_per_epoch(num_rows, s.learner.num_workers * s.micro_batch_size * s.grad_accum)
     return (s.max_steps or per_epoch * s.epochs), per_epoch
 
 
@@ -82,14 +93,13 @@ def prepare_job(cfg: Config, examples_path: str | Path, run_dir: Path) -> SFTJob
     return SFTJob(
         cfg=cfg,
         model_path=str(Path(model_path).resolve()),
-        rows=ray.put(rows),
-        num_rows=len(rows),
+        run_dir=str(run_dir.resolve()),
+        pad_id=tokenizer.pad_token_id,
         fingerprint=rows_fingerprint(rows),
         total_steps=total,
+        rows=ray.put(rows),
+        num_rows=len(rows),
         steps_per_epoch=per_epoch,
-        pad_id=tokenizer.pad_token_id,
-        run_dir=str(run_dir.resolve()),
-        use_gpu=cfg.sft.gpus_per_worker > 0,
         data=stats,
     )
 
@@ -107,17 +117,4 @@ def run_sft(cfg: Config, examples_path: str | Path, output_dir: str | Path, *, r
     output_dir, storage = checkpoint_storage(output_dir, "sft", cfg.tracking.run_dir, resume=resume)
     init_ray(cfg.cluster)
     job = prepare_job(cfg, examples_path, Path(cfg.tracking.run_dir))
-    result = ray_trainer(train_loop, job, cfg.sft, storage, RUN_NAME).fit()
-    if result.checkpoint is None or not result.metrics:
-        raise RuntimeError(f"SFT finished without a checkpoint in {storage}")
-    model_dir = publish_model(result.checkpoint, output_dir / "model")
-    m = result.metrics
-    return SFTResult(
-        steps=int(m["step"]),
-        start_step=int(m["start_step"]),
-        final_loss=float(m["loss"]),
-        losses=tuple(m["losses"]),
-        tokens_per_s=float(m["tokens_per_s"]),
-        checkpoint=Path(result.checkpoint.path),
-        model_dir=model_dir,
-    )
+    return SFTResult.of(fit(train_loop, job, storage, output_dir, SFTSummary))

@@ -38,8 +38,8 @@ def _cmd(run_dir, prompts, init):
         "--rl.max_new_tokens=96",
         "--rl.micro_batch_size=2",
         "--rl.lr=1e-4",
-        "--rl.checkpoint_every=2",
-        "--rl.cpus_per_worker=0.5",
+        "--rl.learner.checkpoint_every=2",
+        "--rl.learner.cpus_per_worker=0.5",
         f"--tracking.run_dir={run_dir}",
         "--tracking.wandb_mode=disabled",
     ]

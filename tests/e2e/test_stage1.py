@@ -80,7 +80,7 @@ def test_generate_writes_filtered_sft_data_without_the_spec(repo, tiny_model, tm
             "--sft.max_steps=3",
             "--sft.micro_batch_size=2",
             "--sft.max_seq_len=256",
-            "--sft.checkpoint_every=3",
+            "--sft.learner.checkpoint_every=3",
         ],
         cwd=repo,
         capture_output=True,

@@ -44,11 +44,11 @@ def rl_config(run_dir, prompts, init, *overrides):
             "--rl.prompts_per_step=4",
             "--rl.group_size=4",
             "--rl.max_new_tokens=96",
-            "--rl.num_workers=2",
-            "--rl.cpus_per_worker=0.5",
+            "--rl.learner.num_workers=2",
+            "--rl.learner.cpus_per_worker=0.5",
             "--rl.micro_batch_size=4",
-            "--rl.strategy=deepspeed",
-            "--rl.zero_stage=2",
+            "--rl.learner.strategy=deepspeed",
+            "--rl.learner.zero_stage=2",
             "--rl.lr=5e-4",
             "--rl.kl_coef=0.01",
             "--rl.table_every=2",
@@ -68,7 +68,7 @@ def step_lines(run_dir):
 def rl_run(ray_cluster, format_tuned_model, tmp_path_factory):
     out = tmp_path_factory.mktemp("rl")
     prompts = write_prompts(out / "prompts.jsonl")
-    cfg = rl_config(out, prompts, format_tuned_model, "--rl.steps=12", "--rl.checkpoint_every=6")
+    cfg = rl_config(out, prompts, format_tuned_model, "--rl.steps=12", "--rl.learner.checkpoint_every=6")
     return cfg, out, run_rl(cfg, out / "rl", resume=False, log=lambda *_: None)
 
 
@@ -110,7 +110,12 @@ def test_resume_continues_at_the_step_and_data_position(rl_run, format_tuned_mod
     cfg, out, _ = rl_run
     # Two more steps, now generating step t + 1 while learning step t.
     more = rl_config(
-        out, out / "prompts.jsonl", format_tuned_model, "--rl.steps=14", "--rl.checkpoint_every=6", "--rl.overlap=true"
+        out,
+        out / "prompts.jsonl",
+        format_tuned_model,
+        "--rl.steps=14",
+        "--rl.learner.checkpoint_every=6",
+        "--rl.overlap=true",
     )
     result = run_rl(more, out / "rl", log=lambda *_: None)
     assert (result.start_step, result.steps, result.prompts_seen, result.policy_version) == (12, 14, 56, 14)

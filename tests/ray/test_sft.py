@@ -48,11 +48,11 @@ def _cfg(run_dir, *overrides):
             "--model.policy=builtin:tiny",
             "--sft.lr=1e-3",
             "--sft.max_seq_len=96",
-            "--sft.num_workers=2",
+            "--sft.learner.num_workers=2",
             "--sft.micro_batch_size=2",
             "--sft.grad_accum=1",
-            "--sft.strategy=deepspeed",
-            "--sft.zero_stage=2",
+            "--sft.learner.strategy=deepspeed",
+            "--sft.learner.zero_stage=2",
             f"--tracking.run_dir={run_dir}",
             "--tracking.wandb_mode=disabled",
             *overrides,
@@ -68,7 +68,7 @@ def _step_lines(run_dir):
 @pytest.fixture(scope="module")
 def zero2_run(ray_cluster, tiny_model, examples_path, tmp_path_factory):
     out = tmp_path_factory.mktemp("zero2")
-    cfg = _cfg(out, "--sft.max_steps=20", "--sft.checkpoint_every=5")
+    cfg = _cfg(out, "--sft.max_steps=20", "--sft.learner.checkpoint_every=5")
     return cfg, out, run_sft(cfg, examples_path, out / "sft", resume=False)
 
 
@@ -95,11 +95,11 @@ def test_ddp_with_gradient_accumulation_matches_zero2(ray_cluster, examples_path
     _, zero2_dir, zero2 = zero2_run
     cfg = _cfg(
         tmp_path,
-        "--sft.strategy=ddp",
+        "--sft.learner.strategy=ddp",
         "--sft.micro_batch_size=1",
         "--sft.grad_accum=2",
         "--sft.max_steps=20",
-        "--sft.checkpoint_every=20",
+        "--sft.learner.checkpoint_every=20",
     )
     result = run_sft(cfg, examples_path, tmp_path / "sft", resume=False)
     assert result.steps == 20
@@ -116,11 +116,11 @@ def _tokens_per_step(cfg, examples_path, steps):
     return [
         sum(
             len(rows[i])
-            for rank in range(s.num_workers)
+            for rank in range(s.learner.num_workers)
             for mb in step_rows(
                 len(rows),
                 step,
-                world_size=s.num_workers,
+                world_size=s.learner.num_workers,
                 rank=rank,
                 micro_batch_size=s.micro_batch_size,
                 grad_accum=s.grad_accum,

@@ -263,7 +263,7 @@ def test_learners_only_count_learner_nodes(tmp_path):
         match="= 64 CPUs at once, but the nodes of .* offering 'learner' offers at most 48",
     ) as e:
         check_config_fits(load_config(GPU_CONFIG), path)
-    assert e.value.field == "sft.num_workers"
+    assert e.value.field == "sft.learner.num_workers"
 
 
 def test_missing_custom_resource_names_the_resource_key(tmp_path):

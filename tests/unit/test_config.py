@@ -5,7 +5,7 @@ import typing
 
 import pytest
 
-from rayalign.config import Config, field_docs, load_config, parse_override
+from rayalign.config import Config, explain, field_docs, load_config, parse_override
 from rayalign.errors import ConfigError
 from rayalign.resource_plan import check_resource_plan, stage_demands
 
@@ -55,8 +55,23 @@ def test_wrong_type(tmp_path):
 def test_out_of_range(tmp_path):
     with pytest.raises(ConfigError, match=r"c.yaml:3: rollout.top_p: must be <= 1.0; got 1.5"):
         load_config(_write(tmp_path, "rollout:\n  n: 2\n  top_p: 1.5\n"))
-    with pytest.raises(ConfigError, match=r"command line: sft.zero_stage: must be <= 3; got 4"):
-        load_config(None, ["--sft.zero_stage=4"])
+    with pytest.raises(ConfigError, match=r"command line: sft.learner.zero_stage: must be <= 3; got 4"):
+        load_config(None, ["--sft.learner.zero_stage=4"])
+
+
+def test_a_key_moved_into_a_subsection_is_pointed_at(tmp_path):
+    path = _write(tmp_path, "sft:\n  lr: 1.0e-5\n  zero_stage: 3\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert str(e.value).startswith(f"{path}:3: sft.zero_stage: unknown key; did you mean 'sft.learner.zero_stage'?")
+
+
+def test_each_stage_keeps_its_learner_defaults_when_one_key_is_set():
+    cfg = load_config(None, ["--rl.learner.zero_stage=3", "--sft.learner.strategy=ddp"])
+    assert (cfg.rl.learner.zero_stage, cfg.rl.learner.num_workers, cfg.rl.learner.cpus_per_worker) == (3, 1, 0.5)
+    assert cfg.rl.learner.checkpoint_every == 5
+    assert (cfg.sft.learner.strategy, cfg.sft.learner.num_workers, cfg.sft.learner.checkpoint_every) == ("ddp", 2, 50)
+    assert "  rl.learner.cpus_per_worker: float = 0.5  # Ray CPUs per worker." in explain()
 
 
 def test_missing_file(tmp_path):
@@ -95,27 +110,37 @@ def test_custom_resource_must_exist(tmp_path):
 
 
 def test_learner_layouts_that_cannot_run_name_file_line_and_key(tmp_path):
-    text = "rl:\n  prompts_per_step: 3\n  group_size: 4\n  num_workers: 2\n  micro_batch_size: 4\n"
+    text = "rl:\n  prompts_per_step: 3\n  group_size: 4\n  learner:\n    num_workers: 2\n  micro_batch_size: 4\n"
     with pytest.raises(ConfigError) as e:
         load_config(_write(tmp_path, text))
     assert str(e.value).startswith(
-        f"{tmp_path / 'c.yaml'}:5: rl.micro_batch_size: rl.prompts_per_step x rl.group_size = 12"
+        f"{tmp_path / 'c.yaml'}:6: rl.micro_batch_size: rl.prompts_per_step x rl.group_size = 12"
     )
-    assert "split evenly over rl.num_workers (2) x rl.micro_batch_size (4)" in str(e.value)  # 12 % 8
+    assert "split evenly over rl.learner.num_workers (2) x rl.micro_batch_size (4)" in str(e.value)  # 12 % 8
     load_config(
         None,
         [
             "--rl.prompts_per_step=4",
             "--rl.group_size=4",
-            "--rl.num_workers=2",
+            "--rl.learner.num_workers=2",
             "--rl.micro_batch_size=4",
-            "--rl.cpus_per_worker=0.25",
+            "--rl.learner.cpus_per_worker=0.25",
         ],
     )
     with pytest.raises(ConfigError, match="sft.lora_rank: LoRA with ZeRO-3 is not supported"):
-        load_config(None, ["--sft.lora_rank=8", "--sft.strategy=deepspeed", "--sft.zero_stage=3"])
-    with pytest.raises(ConfigError, match="rl.gpus_per_worker: one GPU per learner at most"):
-        load_config(None, ["--rl.gpus_per_worker=2", "--cluster.num_gpus=8"])
+        load_config(None, ["--sft.lora_rank=8", "--sft.learner.strategy=deepspeed", "--sft.learner.zero_stage=3"])
+    with pytest.raises(ConfigError, match="rl.learner.gpus_per_worker: one GPU per learner at most"):
+        load_config(None, ["--rl.learner.gpus_per_worker=2", "--cluster.num_gpus=8"])
+
+
+def test_learner_resources_name_the_learner_keys(tmp_path):
+    path = _write(tmp_path, "sft:\n  learner:\n    num_workers: 3\n    cpus_per_worker: 1\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert str(e.value).startswith(f"{path}:3: sft.learner.num_workers: stage sft runs")
+    assert "sft.learner 3 x 1 (sft.learner.num_workers x sft.learner.cpus_per_worker) = 3 CPUs" in str(e.value)
+    with pytest.raises(ConfigError, match=r"rl.learner.gpus_per_worker: one actor asks 1 GPUs but cluster.num_gpus"):
+        load_config(None, ["--rl.learner.gpus_per_worker=1"])
 
 
 def test_tensor_parallel_needs_gpus():
