@@ -63,3 +63,13 @@ def sleepy_judge(request: JudgeRequest) -> dict:
     if match:
         time.sleep(float(match.group(1)))
     return length_judge(request)
+
+
+SLOW_JUDGE_S = 1.0
+
+
+def slow_judge(request: JudgeRequest) -> dict:
+    """Takes ``SLOW_JUDGE_S`` per request; a batch's requests run in parallel threads, so a batch takes about
+    as long (dispatch and deadline tests)."""
+    time.sleep(SLOW_JUDGE_S)
+    return length_judge(request)

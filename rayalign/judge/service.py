@@ -1,10 +1,14 @@
 """The judge as a reward service on Ray Serve.
 
 One deployment, ``JudgeService``: a FastAPI ingress (``POST /v1/judge``,
-``GET /v1/stats``, OpenAPI at ``/docs``) over a replica that owns the judge
-backend. Requests, whether over HTTP or a ``DeploymentHandle``, go through
-``@serve.batch``, so concurrent callers share one model call. A late verdict
-comes back *unscorable*, not as a hung request; a full queue answers 503.
+``GET /v1/stats``, ``GET /v1/capacity``, OpenAPI at ``/docs``) over a replica
+that owns the judge backend. Requests, whether over HTTP or a
+``DeploymentHandle``, go through ``@serve.batch``, so concurrent callers share
+one model call. A late verdict comes back *unscorable*, not as a hung request;
+a full queue answers 503. ``/v1/capacity`` (running replicas x batch size)
+tells clients how many requests to keep in flight. A request whose caller gave
+up (a timeout, a cancelled handle call, a closed HTTP connection) leaves the
+batch queue uncomputed; ``/v1/stats`` counts it as dropped.
 With ``judge.cascade`` on, each batch passes the behaviour check of
 :mod:`rayalign.judge.cascade` first and only the undecided requests reach
 the judge model; ``/v1/stats`` counts both.
@@ -15,7 +19,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -30,7 +35,7 @@ from rayalign.judge.classify import (
     load_classify_template,
     render_classify_messages,
 )
-from rayalign.judge.client import JudgeClient
+from rayalign.judge.client import JudgeCapacity, JudgeClient
 from rayalign.judge.rubric import load_templates, unscorable, verdict_regex
 from rayalign.judge.scoring import ScoringPolicy, score_requests
 from rayalign.rollout.engine import EngineConfig
@@ -38,6 +43,8 @@ from rayalign.spec import load_spec
 from rayalign.types import Classification, JudgeRequest, Prompt, Verdict
 
 APP_NAME = "rayalign-judge"
+CAPACITY_REFRESH_S = 10.0
+"""How often clients re-ask ``/v1/capacity``; a replica reads the running replica count at most twice as often."""
 
 
 @dataclass(frozen=True)
@@ -127,6 +134,21 @@ class JudgeStats:
     """Requests the cascade decided (behaviour mismatch) without the judge model."""
     judged: int = 0
     """Requests sent to the judge model (each may take k runs and parse retries)."""
+    dropped: int = 0
+    """Requests whose caller gave up (timeout, cancelled, disconnected) before their batch started: never computed."""
+    computed_for_nobody: int = 0
+    """Requests whose caller gave up while their batch ran: computed, the answer thrown away."""
+
+
+def running_replicas(default: int = 1) -> int:
+    """RUNNING replicas of the deployment this replica belongs to, as the Serve controller sees them now
+    (autoscaling included); ``default`` when it cannot say."""
+    try:
+        context = serve.get_replica_context()
+        deployment = serve.status().applications[context.app_name].deployments[context.deployment]
+        return max(1, deployment.replica_states.get("RUNNING", 0))
+    except Exception:  # noqa: BLE001 - a status hiccup keeps the last count
+        return default
 
 
 app = FastAPI(title="rayalign judge", description="Spec-aware judge: scores an answer against the safety spec.")
@@ -147,10 +169,14 @@ class JudgeService:
         self.classify_batch.set_batch_wait_timeout_s(settings.batch_wait_s)
         self.batch_sizes: collections.Counter[int] = collections.Counter()
         self.counts = collections.Counter()
+        self.started: set[int] = set()
+        """id() of the requests and prompts in a batch that has started (their callers are still waiting)."""
+        self.replicas, self.replicas_read_at = 1, float("-inf")
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
     async def score_batch(self, requests: list[JudgeRequest]) -> list[Verdict]:
         self.batch_sizes[len(requests)] += 1
+        self.started.update(map(id, requests))
         return await score_with_cascade(
             requests,
             self._judge,
@@ -169,14 +195,30 @@ class JudgeService:
     async def score(self, request: JudgeRequest) -> Verdict:
         """Score one request (handle callers); the batcher groups concurrent calls."""
         self.counts["requests"] += 1
-        try:
-            verdict = await asyncio.wait_for(self.score_batch(request), self.settings.timeout_s)
-        except asyncio.TimeoutError:
-            self.counts["timeouts"] += 1
-            verdict = self._unscorable(f"judge timed out after {self.settings.timeout_s:g}s", request)
+        verdict = await self._batched(self.score_batch, request, lambda why: self._unscorable(why, request))
         self.counts["unscorable"] += verdict.status != "ok"
         self.counts["cascade"] += verdict.decided_by == "cascade"
         return verdict
+
+    async def _batched(self, batch_call: Callable[..., Awaitable], item, failed: Callable[[str], object]):
+        """``batch_call(item)`` under the replica's deadline. A caller that gives up takes its item out of the
+        batch queue: ``serve.batch`` skips an entry whose caller was cancelled before its batch started
+        (ray/serve/batching.py, ``_process_batch_inner``); one already in a running batch is computed anyway.
+        """
+        try:
+            return await asyncio.wait_for(batch_call(item), self.settings.timeout_s)
+        except asyncio.TimeoutError:
+            self.counts["timeouts"] += 1
+            self._gave_up(item)
+            return failed(f"judge timed out after {self.settings.timeout_s:g}s")
+        except asyncio.CancelledError:  # the handle call was cancelled or the HTTP client went away
+            self._gave_up(item)
+            raise
+        finally:
+            self.started.discard(id(item))
+
+    def _gave_up(self, item) -> None:
+        self.counts["computed_for_nobody" if id(item) in self.started else "dropped"] += 1
 
     def _unscorable(self, reason: str, request: JudgeRequest) -> Verdict:
         return unscorable(
@@ -185,6 +227,7 @@ class JudgeService:
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
     async def classify_batch(self, prompts: list[Prompt]) -> list[Classification]:
+        self.started.update(map(id, prompts))
         try:
             template = load_classify_template(self.settings.spec_path)
             conversations = [render_classify_messages(self.spec, template, p) for p in prompts]
@@ -198,10 +241,9 @@ class JudgeService:
 
     async def classify(self, prompt: Prompt) -> Classification:
         """The spec category of one prompt, or none (handle callers); batched like ``score``."""
-        try:
-            return await asyncio.wait_for(self.classify_batch(prompt), self.settings.timeout_s)
-        except asyncio.TimeoutError:
-            return Classification(prompt.id, "unscorable", None, f"judge timed out after {self.settings.timeout_s:g}s")
+        return await self._batched(
+            self.classify_batch, prompt, lambda why: Classification(prompt.id, "unscorable", None, why)
+        )
 
     @app.post("/v1/classify", response_model=Classification)
     async def classify_http(self, prompt: Prompt, authorization: str | None = Header(default=None)) -> Classification:
@@ -238,7 +280,17 @@ class JudgeService:
             pid=os.getpid(),
             cascade=self.counts["cascade"],
             judged=self.counts["judged"],
+            dropped=self.counts["dropped"],
+            computed_for_nobody=self.counts["computed_for_nobody"],
         )
+
+    @app.get("/v1/capacity", response_model=JudgeCapacity)
+    async def capacity(self) -> JudgeCapacity:
+        """What the service works on at once: clients keep about this many requests in flight."""
+        if time.monotonic() - self.replicas_read_at > CAPACITY_REFRESH_S / 2:
+            self.replicas = await asyncio.to_thread(running_replicas, self.replicas)  # a controller call: blocks
+            self.replicas_read_at = time.monotonic()
+        return JudgeCapacity(self.replicas, self.settings.max_batch_size, CAPACITY_REFRESH_S)
 
     def _check_auth(self, authorization: str | None) -> None:
         if self.token and authorization != f"Bearer {self.token}":
@@ -263,7 +315,9 @@ def judge_app(cfg, settings: JudgeSettings | None = None):
             "autoscaling_config": {
                 "min_replicas": j.replicas,
                 "max_replicas": j.max_replicas,
-                "target_ongoing_requests": j.max_batch_size,
+                # Clients keep one full batch per replica in flight and hold the rest: a busy replica reads
+                # as 4/3 of the target, so the deployment grows while clients wait on their side.
+                "target_ongoing_requests": 0.75 * j.max_batch_size,
             }
         }
         if j.max_replicas > j.replicas
@@ -305,14 +359,21 @@ def judge_session(cfg, settings: JudgeSettings | None = None, *, port: int = 0) 
     """
     endpoint = start_judge(cfg, settings, port=port)
     try:
-        yield JudgeClient(handle=endpoint.handle, timeout_s=cfg.judge.timeout_s)
+        yield JudgeClient(
+            handle=endpoint.handle, timeout_s=cfg.judge.timeout_s, timeout_retries=cfg.judge.timeout_retries
+        )
     finally:
         serve.delete(APP_NAME)
 
 
-def connect_judge(timeout_s: float) -> JudgeClient:
-    """A client for the judge that a driver's :func:`judge_session` started (from any worker)."""
-    return JudgeClient(handle=serve.get_app_handle(APP_NAME), timeout_s=timeout_s)
+def connect_judge(timeout_s: float, timeout_retries: int = 1) -> JudgeClient:
+    """A client for the judge that a driver's :func:`judge_session` started (from any worker).
+
+    Each client keeps the service's whole capacity in flight: run one judging client at a time per
+    service (e.g. one judge task at a time in a Ray Data pipeline), or their requests queue at the
+    router and the per-verdict deadline measures that queue again.
+    """
+    return JudgeClient(handle=serve.get_app_handle(APP_NAME), timeout_s=timeout_s, timeout_retries=timeout_retries)
 
 
 def free_port() -> int:

@@ -10,12 +10,13 @@ import ray
 from ray import serve
 
 from rayalign.config import load_config
-from rayalign.judge.client import JudgeClient, JudgeRequestError
+from rayalign.judge.client import JudgeCapacity, JudgeClient, JudgeLosses, JudgeRequestError
 from rayalign.judge.service import APP_NAME, judge_app, start_judge
 from rayalign.types import JudgeRequest, Message, Prompt, Verdict, to_dict
 
 TOKEN_ENV = "RAYALIGN_TEST_JUDGE_TOKEN"
 CASCADE_APP = "rayalign-judge-cascade"
+SLOW_APP = "rayalign-judge-slow"
 
 
 def _request(i: int, answer: str = "Sorry, I can't help with that.", expected="refuse") -> JudgeRequest:
@@ -42,6 +43,7 @@ def judge(ray_cluster, repo):
             f"--judge.auth_token_env={TOKEN_ENV}",
             "--judge.port=0",
             "--judge.k=2",
+            "--judge.cascade=false",  # these tests read the function judge's scores
         ],
     )
     endpoint = start_judge(cfg)
@@ -97,7 +99,7 @@ def test_concurrent_requests_are_batched(judge):
 
 
 def test_timeout_becomes_unscorable_not_a_hang(judge):
-    client = JudgeClient(url=judge.url, token="s3cret")
+    client = JudgeClient(url=judge.url, token="s3cret", timeout_retries=0)
     [verdict] = client.score_sync([_request(3, answer="slow [sleep:6]")])
     assert verdict.status == "unscorable" and verdict.score is None
     assert "timed out" in verdict.explanation
@@ -189,3 +191,82 @@ def test_cascade_decides_a_refuse_labelled_compliance_without_the_judge_model(ca
     assert judged.decided_by == "judge" and judged.score == pytest.approx(1.5)  # 30 characters / 20
     stats = httpx.get(f"{cascade_judge}/v1/stats", timeout=30).json()
     assert (stats["requests"], stats["cascade"], stats["judged"]) == (2, 1, 1)
+
+
+@pytest.fixture(scope="module")
+def slow_judge(judge, repo):
+    """A third judge app: a 1 s judge (rayalign.testing:slow_judge), batches of 4, a 3 s deadline, one
+    replica. Yields (base URL, handle)."""
+    cfg = load_config(
+        repo / "configs/quickstart.yaml",
+        [
+            "--judge.backend=function",
+            "--judge.function=rayalign.testing:slow_judge",
+            "--judge.cascade=false",
+            "--judge.k=1",
+            "--judge.max_batch_size=4",
+            "--judge.batch_wait_s=0.05",
+            "--judge.timeout_s=3",
+        ],
+    )
+    handle = serve.run(judge_app(cfg), name=SLOW_APP, route_prefix="/slow")
+    yield f"{judge.url}/slow", handle
+    serve.delete(SLOW_APP)
+
+
+def _stats(url: str) -> dict:
+    return httpx.get(f"{url}/v1/stats", timeout=30).json()
+
+
+def _grew(before: dict, after: dict) -> dict:
+    keys = ("requests", "judged", "timeouts", "dropped", "computed_for_nobody")
+    return {k: after[k] - before[k] for k in keys}
+
+
+def test_the_deadline_measures_a_verdicts_own_work_not_the_queue(slow_judge):
+    """48 requests at 4 per 1 s batch queue for 12 s; a 3 s deadline still holds for every one of them
+    (before capacity-aware dispatch, 8 of 48 came back scored, the rest timed out)."""
+    url, handle = slow_judge
+    assert httpx.get(f"{url}/v1/capacity", timeout=30).json() == {"replicas": 1, "max_batch_size": 4, "refresh_s": 10.0}
+    before = _stats(url)
+    client = JudgeClient(handle=handle, timeout_s=3)
+    tick = time.perf_counter()
+    verdicts = client.score_sync([_request(300 + i, answer="x" * (i + 1)) for i in range(48)])
+    took = time.perf_counter() - tick
+    assert [v.status for v in verdicts] == ["ok"] * 48, [v.explanation for v in verdicts if v.status != "ok"][:3]
+    assert took > 3 * 3  # the queue really outlasted the deadline
+    assert client.capacity == JudgeCapacity(replicas=1, max_batch_size=4, refresh_s=10.0)
+    assert client.losses() == JudgeLosses(results=48, unscorable={}, retried=0)
+    after = _stats(url)
+    assert _grew(before, after) == {"requests": 48, "judged": 48, "timeouts": 0, "dropped": 0, "computed_for_nobody": 0}
+    over_http = JudgeClient(url=url, timeout_s=3).score_sync([_request(400 + i) for i in range(20)])
+    assert [v.status for v in over_http] == ["ok"] * 20
+    assert _grew(after, _stats(url))["computed_for_nobody"] == 0
+
+
+def _hold_the_replica(url: str, handle, i: int):
+    """Send a 1 s request and wait until its batch runs: what comes next queues behind it."""
+    judged = _stats(url)["judged"]
+    busy = handle.score.remote(_request(i))
+    deadline = time.monotonic() + 30
+    while _stats(url)["judged"] == judged:
+        assert time.monotonic() < deadline, "the batch never started"
+        time.sleep(0.05)
+    return busy
+
+
+def test_a_request_its_caller_gave_up_on_is_dropped_not_computed(slow_judge):
+    url, handle = slow_judge
+    before = _stats(url)
+    busy = _hold_the_replica(url, handle, 500)
+    abandoned = handle.score.remote(_request(501))
+    time.sleep(0.3)
+    abandoned.cancel()  # the handle caller gives up
+    assert busy.result().status == "ok"
+    busy = _hold_the_replica(url, handle, 502)
+    [closed] = JudgeClient(url=url, timeout_s=0.3, timeout_retries=0).score_sync([_request(503)])  # HTTP gives up
+    assert closed.status == "unscorable" and "timed out" in closed.explanation
+    assert busy.result().status == "ok"
+    time.sleep(1.5)  # had the abandoned two been computed, their batches would be done by now
+    grew = _grew(before, _stats(url))
+    assert grew == {"requests": 4, "judged": 2, "timeouts": 0, "dropped": 2, "computed_for_nobody": 0}, grew
