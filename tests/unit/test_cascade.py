@@ -181,7 +181,10 @@ def test_a_batch_sends_only_the_undecided_requests_to_the_backend_in_one_call(sc
 def test_the_service_reads_judge_cascade_from_the_config():
     cfg = load_config(REPO / "configs/quickstart.yaml", ["--judge.cascade=true"])
     assert JudgeSettings.from_config(cfg).cascade is True
-    assert JudgeSettings.from_config(load_config(REPO / "configs/quickstart.yaml", ["--judge.cascade=false"])).cascade is False
+    assert (
+        JudgeSettings.from_config(load_config(REPO / "configs/quickstart.yaml", ["--judge.cascade=false"])).cascade
+        is False
+    )
     assert JudgeSettings.from_config(load_config(None)).cascade is False  # off by default: the paper's recipe
 
 
@@ -197,7 +200,9 @@ def test_the_filter_report_counts_cascade_decisions():
     verdicts = [_cascaded(0), Verdict("ok", 9.0, request_id="p#1"), _cascaded(2)]
     candidates = [
         sample_filter.Candidate(
-            Rollout("p", i, "t", (1,), (2,), (-0.1,), "stop"), Completion("r", "I'm sorry, but I can't help with that."), v
+            Rollout("p", i, "t", (1,), (2,), (-0.1,), "stop"),
+            Completion("r", "I'm sorry, but I can't help with that."),
+            v,
         )
         for i, v in enumerate(verdicts)
     ]
