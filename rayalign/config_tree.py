@@ -75,6 +75,10 @@ class GenerateConfig:
     or both. The SFT example keeps the whole reasoning and drops the spec and the instruction."""
     model: str = ""
     """The stage-1 teacher that writes the SFT data; empty = model.policy (the model being trained)."""
+    close_reasoning: bool = False
+    """With a prefix (steer prefix or both): the opening is the whole reasoning and the think block is closed, so
+    the generator writes only the answer. For generators too small to continue a reasoning coherently (measured:
+    SmolLM2-135M); the SFT example still pairs that reasoning with the generator's answer."""
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,7 @@ from rayalign.eval.refusal import is_refusal
 from rayalign.eval.report import TargetMetrics, write_report
 from rayalign.eval.targets import EvalError, EvalTarget
 from rayalign.judge.cascade import cascade_count
-from rayalign.judge.client import JudgeClient
+from rayalign.judge.client import JudgeClient, losses_warning
 from rayalign.judge.service import judge_session
 from rayalign.rollout.engine import EngineConfig, sampling_settings
 from rayalign.rollout.format import THINK_CLOSE, THINK_OPEN, split_completion
@@ -275,6 +275,7 @@ def run_eval(
         context = _Context(cfg, spec, templates, settings, client, out, tracker, log)
         sampled = [_sample_target(context, target, prompts) for target in targets]
         verdicts, judge_s = _judge_all(context, sampled)
+        _warn_losses(client, cfg, log)
     results = [_score_target(context, s, v) for s, v in zip(sampled, verdicts)]
     report = write_report([_report_row(r) for r in results], out, tracker=tracker)
     seconds = time.perf_counter() - start
@@ -363,6 +364,14 @@ def _saved_rollouts(path: Path, key: str) -> list[Rollout] | None:
         return [from_dict(Rollout, r) for r in saved["rollouts"]]
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def _warn_losses(client: JudgeClient, cfg, log) -> None:
+    losses = client.losses()
+    log(f"[eval] judge: {losses.results} verdicts, {losses.lost} unscorable ({losses.retried} retried after a timeout)")
+    warning = losses_warning(losses, cfg.judge.max_unscorable_share, what="[eval] judge")
+    if warning:
+        log(warning)
 
 
 def _judge_all(ctx: _Context, sampled: Sequence[_Sampled]) -> tuple[list[list[Verdict]], float]:

@@ -381,7 +381,7 @@ def rl_loop(config: dict) -> None:
     tokenizer = load_tokenizer(job.model_path) if rank == 0 else None
     rollouts = None
     if rank == 0:
-        client = connect_judge(job.cfg.judge.timeout_s)
+        client = connect_judge(job.cfg.judge.timeout_s, job.cfg.judge.timeout_retries)
         rollouts = _Rollouts(job, client, ray.get(job.prompts))
     progress = _Progress(state.step)
     try:

@@ -196,15 +196,23 @@ def steer_prefix(spec: Spec, templates: SteerTemplates, prompt: Prompt) -> str:
 
 
 def conditioned_prompt(
-    spec: Spec, templates: GenerationTemplates, steer: SteerTemplates | None, mode: str, prompt: Prompt
+    spec: Spec,
+    templates: GenerationTemplates,
+    steer: SteerTemplates | None,
+    mode: str,
+    prompt: Prompt,
+    *,
+    close_reasoning: bool = False,
 ) -> Prompt:
     """The stage-1 prompt: :func:`generation_prompt`, plus steering by ``mode`` (see ``STEER_MODES``).
 
     ``instruction`` appends the expected behaviour to the system message;
     ``prefix`` pre-fills the assistant turn with :func:`steer_prefix`. Prompts
     without an expected behaviour get neither instruction nor an opening beyond
-    the think tag. The original ``prompt`` is unchanged: the SFT example is
-    built from it, so neither the spec nor the instruction reaches training.
+    the think tag. ``close_reasoning`` ends the think block after the opening
+    of a labelled prompt, so the generator writes only the answer. The original
+    ``prompt`` is unchanged: the SFT example is built from it, so neither the
+    spec nor the instruction reaches training.
     """
     out = generation_prompt(spec, templates, prompt)
     if mode == "none" or steer is None:
@@ -214,5 +222,8 @@ def conditioned_prompt(
         system = Message("system", f"{out.messages[0].content.rstrip()}\n\n{note}\n")
         out = replace(out, messages=(system, *out.messages[1:]))
     if mode in ("prefix", "both"):
-        out = replace(out, prefill=steer_prefix(spec, steer, prompt))
+        prefill = steer_prefix(spec, steer, prompt)
+        if close_reasoning and prompt.expected is not None and prompt.category is not None:
+            prefill += THINK_CLOSE + "\n"
+        out = replace(out, prefill=prefill)
     return out

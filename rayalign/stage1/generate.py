@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 from rayalign.cluster import init_ray
 from rayalign.datafiles import read_records, write_records
-from rayalign.judge.client import JudgeClient
+from rayalign.errors import ConfigError
+from rayalign.judge.client import JudgeClient, JudgeLosses, losses_warning
 from rayalign.judge.service import JudgeSettings, connect_judge, judge_session
 from rayalign.rollout.dataset import (
     decode_prompts,
@@ -38,7 +39,7 @@ from rayalign.stage1 import filter as sample_filter
 from rayalign.stage1.categories import categorise, needs_categories
 from rayalign.stage1.conditioning import conditioned_prompt, load_generation_templates, load_steer_templates
 from rayalign.stage1.prompts import training_prompts
-from rayalign.types import JudgeRequest, Prompt, SFTExample
+from rayalign.types import JudgeRequest, Prompt, SamplingSettings, SFTExample, from_dict, to_dict
 
 
 @dataclass(frozen=True)
@@ -59,11 +60,16 @@ class _FilterSettings:
     keep_per_prompt: int
     provenance: sample_filter.Provenance
     timeout_s: float
+    timeout_retries: int
 
 
 def run_generate(cfg, *, log=print) -> GenerateResult:
     """Stage 1 on ``cfg``; resumes from finished shards under ``tracking.run_dir``."""
     start = time.perf_counter()
+    if cfg.generate.close_reasoning and cfg.generate.steer not in ("prefix", "both"):
+        raise ConfigError(
+            "needs generate.steer prefix or both (the opening it closes)", field="generate.close_reasoning"
+        )
     spec = load_spec(cfg.spec.path)
     layout = RunLayout.of(cfg)
     train, held, prompt_summary = training_prompts(cfg, spec)
@@ -92,46 +98,74 @@ def _train_prompts(cfg, train: list[Prompt], client: JudgeClient, log) -> list[P
 
 
 def _run_shards(cfg, spec, shards: list[list[Prompt]], todo: list[int], log) -> None:
-    r, steer = cfg.rollout, cfg.generate.steer
+    g = cfg.generate
     templates = load_generation_templates(cfg.spec.path)
-    steer_templates = load_steer_templates(cfg.spec.path) if steer != "none" else None
-    settings = sampling_settings(
-        n=r.n,
-        temperature=r.temperature,
-        top_p=r.top_p,
-        max_new_tokens=r.max_new_tokens,
-        seed=r.seed,
-        enforce_format=r.enforce_format,
-        opened=steer in ("prefix", "both"),
-    )
-    hashes = (templates.hash, steer_templates.hash) if steer_templates else (templates.hash,)
-    teacher = cfg.generate.model or cfg.model.policy
+    steer = load_steer_templates(cfg.spec.path) if g.steer != "none" else None
+    teacher = g.model or cfg.model.policy
+    hashes = (templates.hash, steer.hash) if steer else (templates.hash,)
     filter_settings = _FilterSettings(
         layout=RunLayout(RunLayout.of(cfg).root.resolve()),
         min_score=cfg.filter.min_score,
         keep_per_prompt=cfg.filter.keep_per_prompt,
         provenance=sample_filter.Provenance(teacher, spec.hash, "+".join(hashes)),
         timeout_s=cfg.judge.timeout_s,
+        timeout_retries=cfg.judge.timeout_retries,
     )
-    conditioned = [[conditioned_prompt(spec, templates, steer_templates, steer, p) for p in shards[i]] for i in todo]
+    conditioned = [
+        [conditioned_prompt(spec, templates, steer, g.steer, p, close_reasoning=g.close_reasoning) for p in shards[i]]
+        for i in todo
+    ]
     originals = [encode_prompts(shards[i]) for i in todo]
     resources = PoolResources.from_config(cfg)
     resources = PoolResources(min(resources.num_workers, len(todo)), resources.cpus, resources.gpus, resources.resource)
-    log(f"[generate] sampling with {teacher} (steering: {steer})")
+    log(f"[generate] sampling with {teacher} (steering: {g.steer}{', reasoning closed' if g.close_reasoning else ''})")
     ds = sample_dataset(
         prompts_dataset(conditioned, shard=todo, originals=originals),
         EngineConfig.from_config(cfg, model=teacher),
         resources,
-        settings,
-    ).map_batches(_judge_and_write, fn_kwargs={"settings": filter_settings}, batch_size=1, num_cpus=0)
-    for row in ds.iter_rows():
+        _sampling(cfg),
+    ).map_batches(
+        # One judging task at a time: each client keeps the service's whole capacity in flight.
+        _judge_and_write,
+        fn_kwargs={"settings": filter_settings},
+        batch_size=1,
+        num_cpus=0,
+        concurrency=1,
+    )
+    _log_shards(cfg, ds.iter_rows(), log)
+
+
+def _sampling(cfg) -> SamplingSettings:
+    """The generator's sampling; a closed reasoning leaves only the answer to write, so nothing to constrain."""
+    r, g = cfg.rollout, cfg.generate
+    opened = g.steer in ("prefix", "both")
+    return sampling_settings(
+        n=r.n,
+        temperature=r.temperature,
+        top_p=r.top_p,
+        max_new_tokens=r.max_new_tokens,
+        seed=r.seed,
+        enforce_format=r.enforce_format and not (opened and g.close_reasoning),
+        opened=opened,
+    )
+
+
+def _log_shards(cfg, rows, log) -> None:
+    """Each shard as it is written, then the judge's losses over all of them (loudly above the limit)."""
+    losses = JudgeLosses()
+    for row in rows:
         done = json.loads(row["summary"])
+        losses += from_dict(JudgeLosses, done["losses"])
         log(f"[generate] shard {done['shard']} written: {done['kept']} examples kept")
+    log(f"[generate] judge: {losses.results} verdicts, {losses.lost} unscorable ({losses.retried} retried)")
+    warning = losses_warning(losses, cfg.judge.max_unscorable_share, what="[generate] judge")
+    if warning:
+        log(warning)
 
 
 def _judge_and_write(batch: dict, settings: _FilterSettings) -> dict:
     """Ray Data task UDF: judge a shard's well-formed samples, filter, write atomically."""
-    client = connect_judge(settings.timeout_s)
+    client = connect_judge(settings.timeout_s, settings.timeout_retries)
     summaries = []
     for shard, originals, conditioned, rollouts in zip(
         batch["shard"], batch["originals"], batch["prompts"], batch["rollouts"]
@@ -139,7 +173,8 @@ def _judge_and_write(batch: dict, settings: _FilterSettings) -> dict:
         prefills = {p.id: p.prefill for p in decode_prompts(conditioned)}
         decisions = _filter_shard(client, decode_prompts(originals), decode_rollouts(rollouts), prefills, settings)
         write_records(settings.layout.shard(int(shard)), decisions)
-        summaries.append(json.dumps({"shard": int(shard), "kept": sum(len(d.kept) for d in decisions)}))
+        kept = sum(len(d.kept) for d in decisions)
+        summaries.append(json.dumps({"shard": int(shard), "kept": kept, "losses": to_dict(client.losses())}))
     return {"summary": summaries}
 
 

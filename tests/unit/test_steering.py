@@ -88,7 +88,7 @@ def test_the_sft_example_keeps_the_prefix_and_drops_spec_and_instruction(spec, t
             assert requests[0].reasoning.startswith("This request falls under Privacy")
             return [Verdict("ok", 9.0, rules=("privacy.D1",), request_id=requests[0].request_id)]
 
-    settings = _FilterSettings(RunLayout(tmp_path), 5.0, 1, sample_filter.Provenance("m", spec.hash, "h"), 10.0)
+    settings = _FilterSettings(RunLayout(tmp_path), 5.0, 1, sample_filter.Provenance("m", spec.hash, "h"), 10.0, 1)
     (decision,) = _filter_shard(Judge(), [original], [rollout], {"p1": conditioned.prefill}, settings)
     (example,) = decision.kept
     assert example.reasoning.startswith("This request falls under Privacy (privacy).")
@@ -109,3 +109,15 @@ def test_a_broken_steering_template_names_the_file_and_line(repo, tmp_path):
     path.write_text(path.read_text().replace("$rules permit it", "$rulez permit it"))
     with pytest.raises(PromptTemplateError, match=r"steer\.md:\d+: \$rulez"):
         load_steer_templates(tmp_path / "specs")
+
+
+def test_a_closed_reasoning_leaves_only_the_answer_to_write(spec, templates):
+    gen, steer = templates
+    closed = conditioned_prompt(spec, gen, steer, "prefix", _prompt(), close_reasoning=True)
+    assert closed.prefill.endswith("</think>\n") and closed.prefill.startswith(THINK_OPEN)
+    full = split_completion(closed.prefill + "I'm sorry, but I can't help with that.")
+    assert full.malformed is None and full.answer == "I'm sorry, but I can't help with that."
+    assert full.reasoning.startswith("This request falls under Privacy (privacy)")
+    # an unlabelled prompt has no reasoning to close: it gets the open think tag only
+    unlabelled = conditioned_prompt(spec, gen, steer, "prefix", _prompt(expected=None), close_reasoning=True)
+    assert unlabelled.prefill == THINK_OPEN + "\n"
