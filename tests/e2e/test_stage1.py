@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+from rayalign.stage1.filter import complies_with_refusal
 from rayalign.types import SFTExample, from_json
 
 OVERRIDES = [
@@ -54,6 +55,14 @@ def test_generate_writes_filtered_sft_data_without_the_spec(repo, tiny_model, tm
     assert len(decisions) == 12 == len({d["prompt_id"] for d in decisions})  # each prompt exactly once
     assert "| all |" in (stage / "filter_report.md").read_text()
     assert "filter summary" in result.stdout
+
+    # The quickstart steers stage 1 and runs the judge cascade: the tiny model's babble on a
+    # refuse-labelled prompt is a compliance, decided without the judge and never kept.
+    assert not [e.prompt.id for e in examples if complies_with_refusal(e.prompt, e.answer)]
+    assert sum(d["cascade"] for d in decisions) > 0
+    labelled = [e for e in examples if e.prompt.expected is not None]
+    assert labelled and all(e.reasoning.startswith("This request") for e in labelled)  # the steered opening
+    assert "[generate] judge:" in result.stdout and "sampling with builtin:tiny (steering: both)" in result.stdout
 
     # Resume: a lost shard is redone alone; nothing is lost or repeated.
     shards[1].unlink()
