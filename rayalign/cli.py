@@ -284,7 +284,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Deliberative Alignment on Ray: teach a model a written safety spec.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_spec, _add_config, _add_model, _add_stages, _add_eval, _add_judge, _add_tools):
+        add(sub)
+    return parser
 
+
+def _add_spec(sub) -> None:
+    """``rayalign spec validate|show``."""
     spec = sub.add_parser("spec", help="validate or render the safety spec").add_subparsers(
         dest="action", required=True
     )
@@ -298,6 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--full", action="store_true", help="render every category in full")
     p.set_defaults(func=_cmd_spec_show)
 
+
+def _add_config(sub) -> None:
+    """``rayalign config validate|show|explain``."""
     config = sub.add_parser("config", help="validate, show or explain configs").add_subparsers(
         dest="action", required=True
     )
@@ -310,11 +319,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = config.add_parser("explain", help="list every config key with its type, default and meaning")
     p.set_defaults(func=_cmd_config_explain)
 
+
+def _add_model(sub) -> None:
+    """``rayalign model prepare``."""
     model = sub.add_parser("model", help="prepare model weights").add_subparsers(dest="action", required=True)
     p = model.add_parser("prepare", help="resolve a model source to a local directory (converting GGUF once)")
     p.add_argument("source", nargs="?", default="builtin:smollm2-135m-instruct")
     p.set_defaults(func=_cmd_model_prepare)
 
+
+def _add_stages(sub) -> None:
+    """``rayalign generate``, ``sft`` and ``rl``: the training stages."""
     p = sub.add_parser("generate", help="stage 1: spec-conditioned samples, judge filtering, SFT data (resumable)")
     _add_config_args(p)
     p.set_defaults(func=_cmd_generate)
@@ -334,6 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--restart", action="store_true", help="ignore earlier checkpoints and start over")
     p.set_defaults(func=_cmd_rl)
 
+
+def _add_eval(sub) -> None:
+    """``rayalign eval``."""
     p = sub.add_parser(
         "eval", help="answer benchmarks with several checkpoints; judge, score, report with CIs and plots"
     )
@@ -355,6 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--enforce-format", action="store_true", help="constrain decoding to the <think> format")
     p.set_defaults(func=_cmd_eval)
 
+
+def _add_judge(sub) -> None:
+    """``rayalign judge serve|score|injection|detector-eval`` and ``rayalign judge-eval``."""
     judge = sub.add_parser("judge", help="the spec-aware judge service").add_subparsers(dest="action", required=True)
     p = judge.add_parser("serve", help="run the judge on Ray Serve: POST /v1/judge")
     _add_config_args(p)
@@ -398,6 +419,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_judge_eval)
 
+
+def _add_tools(sub) -> None:
+    """``rayalign cluster check`` and ``rayalign chat``."""
     cluster = sub.add_parser("cluster", help="check cluster files offline").add_subparsers(dest="action", required=True)
     p = cluster.add_parser(
         "check", help="validate a launcher YAML or KubeRay manifest; with --config, check the config fits it"
@@ -413,7 +437,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.set_defaults(func=_cmd_chat)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
