@@ -29,8 +29,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from rayalign.datafiles import DataFileError, read_text
-from rayalign.eval.loaders import BenchmarkError, csv_rows, jsonl_rows, parse_messages
+from rayalign.datafiles import DataFileError, csv_rows, jsonl_rows, parse_messages, read_text
+from rayalign.eval.loaders import BenchmarkError
 from rayalign.eval.refusal import detect_behavior
 from rayalign.types import JudgeRequest, Message, Prompt, Verdict
 

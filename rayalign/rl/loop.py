@@ -62,7 +62,7 @@ from rayalign.rl.reward import (
     reward_tensors,
     shape_rollout_reward,
 )
-from rayalign.rollout.format import format_regex
+from rayalign.rollout.engine import sampling_settings
 from rayalign.training import (
     Progress,
     TrainingJob,
@@ -74,7 +74,7 @@ from rayalign.training import (
     setup_worker,
     timed,
 )
-from rayalign.types import Experience, Prompt, Rollout, SamplingSettings
+from rayalign.types import Experience, Prompt, Rollout
 
 
 @dataclass(frozen=True)
@@ -130,12 +130,12 @@ class RLSummary:
 def generate(job: RLJob, prompts: Sequence[Prompt], step: int) -> list[Rollout]:
     """rl.group_size completions per prompt, grouped by prompt in prompt order."""
     r = job.cfg.rl
-    settings = SamplingSettings(
+    settings = sampling_settings(
         n=r.group_size,
         temperature=r.temperature,
         max_new_tokens=r.max_new_tokens,
         seed=job.cfg.rollout.seed + step,  # new samples each visit of a prompt
-        regex=format_regex(r.max_new_tokens) if r.enforce_format else "",
+        enforce_format=r.enforce_format,
     )
     return job.pool.generate(list(prompts), settings)
 
