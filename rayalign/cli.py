@@ -34,6 +34,22 @@ def _cmd_spec_show(args) -> int:
     return 0
 
 
+def _cmd_spec_diff(args) -> int:
+    from rayalign.specdiff import diff_sources, format_diff
+
+    diff = diff_sources(args.old, args.new)
+    sys.stdout.write(format_diff(diff, args.old, args.new))
+    return 1 if diff.changed else 0  # as git diff --exit-code; errors exit 2 in main
+
+
+def _cmd_spec_coverage(args) -> int:
+    from rayalign.coverage import write_coverage
+    from rayalign.spec import load_spec
+
+    print(write_coverage(args.run_dir, load_spec(args.path)))
+    return 0
+
+
 def _cmd_config_validate(args) -> int:
     from rayalign.config import load_config
     from rayalign.spec import load_spec
@@ -93,81 +109,50 @@ def _cmd_chat(args) -> int:
 
 def _cmd_generate(args) -> int:
     from rayalign.config import load_config
-    from rayalign.stage1.generate import run_generate
+    from rayalign.pipeline import generate_stage
 
-    result = run_generate(load_config(args.config, args.overrides))
-    print(
-        f"stage 1 done in {result.seconds:.0f}s: {result.kept} SFT examples from {result.prompts} prompts -> {result.examples_path}"
-    )
+    print(generate_stage(load_config(args.config, args.overrides), full=args.full).block())
     return 0
 
 
 def _cmd_sft(args) -> int:
     from rayalign.config import load_config
-    from rayalign.runs import RunLayout
-    from rayalign.sft.train import run_sft
+    from rayalign.pipeline import sft_stage
 
-    cfg = load_config(args.config, args.overrides)
-    data = args.data or str(RunLayout.of(cfg).sft_data)
-    if not Path(data).exists():
-        raise RayalignError(f"no SFT data at {data}: run `rayalign generate {args.config}` first, or pass --data")
-    start = time.perf_counter()
-    result = run_sft(cfg, data, RunLayout.of(cfg).stage("sft"), resume=not args.restart)
-    print(
-        f"SFT done in {time.perf_counter() - start:.0f}s: steps {result.start_step}->{result.steps}, "
-        f"final loss {result.final_loss:.4f}, {result.tokens_per_s:.0f} tok/s -> {result.model_dir}"
-    )
+    print(sft_stage(load_config(args.config, args.overrides), data=args.data, restart=args.restart).block())
     return 0
 
 
 def _cmd_rl(args) -> int:
     from rayalign.config import load_config
-    from rayalign.rl.train import run_rl
-    from rayalign.runs import RunLayout
+    from rayalign.pipeline import rl_stage
 
-    cfg = load_config(args.config, args.overrides)
-    if cfg.rl.init and not Path(cfg.rl.init).exists() and ":" not in cfg.rl.init:
-        raise RayalignError(
-            f"rl.init: no model at {cfg.rl.init}: run `rayalign sft {args.config}` first, or point it elsewhere"
-        )
-    start = time.perf_counter()
-    result = run_rl(cfg, RunLayout.of(cfg).stage("rl"), resume=not args.restart)
-    rewards = " ".join(f"{x:.3f}" for x in result.rewards) or "none (already complete)"
-    print(
-        f"RL done in {time.perf_counter() - start:.0f}s: steps {result.start_step}->{result.steps}, "
-        f"prompts seen {result.prompts_seen}, policy version {result.policy_version}, reward per step: {rewards}; "
-        f"{result.completions_per_s:.2f} completions/s -> {result.model_dir}"
-    )
+    print(rl_stage(load_config(args.config, args.overrides), restart=args.restart).block())
     return 0
 
 
 def _cmd_eval(args) -> int:
-    from rayalign.config import load_config, to_dict
-    from rayalign.eval.run import run_eval
-    from rayalign.eval.targets import add_spec_in_context, parse_checkpoints
-    from rayalign.runs import RunLayout
-    from rayalign.tracking import start_tracking
+    from rayalign.config import load_config
+    from rayalign.pipeline import eval_stage, eval_targets
 
-    cfg = load_config(args.config, args.overrides)
-    targets = parse_checkpoints(args.checkpoints or f"base={cfg.model.policy}")
-    targets = add_spec_in_context(targets, [n.strip() for n in args.spec_in_context.split(",") if n.strip()])
-    out_dir = Path(args.out) if args.out else RunLayout.of(cfg).eval
-    tracker = start_tracking(cfg.tracking, "eval", to_dict(cfg), run_dir=out_dir)
-    try:
-        result = run_eval(
-            cfg,
-            targets,
-            args.benchmark or list(cfg.eval.benchmarks),
-            out_dir,
-            limit=args.limit,
-            enforce_format=args.enforce_format,
-            tracker=tracker,
-        )
-    finally:
-        tracker.finish()
-    print(
-        f"eval done in {result.seconds:.0f}s: {len(result.targets)} targets x {result.prompts} prompts -> {result.report_path}"
+    overrides = [*args.overrides, *(["--eval.judge=false"] if args.judge == "none" else [])]
+    cfg = load_config(args.config, overrides)
+    targets = eval_targets(cfg, args.checkpoints, args.spec_in_context)
+    summary = eval_stage(
+        cfg, targets, benchmarks=args.benchmark, limit=args.limit, out=args.out, enforce_format=args.enforce_format
     )
+    print(summary.block())
+    return 0
+
+
+def _cmd_run(args) -> int:
+    from rayalign.pipeline import STAGES, parse_stages, run_pipeline
+
+    start = time.perf_counter()
+    stages = parse_stages(args.stages) if args.stages else STAGES
+    done = run_pipeline(args.config, args.overrides, stages, force=args.force)
+    ran = ", ".join(f"{s.stage} {s.seconds:.0f}s" if s.seconds else f"{s.stage} (skipped)" for s in done)
+    print(f"[run] {len(done)} stages done in {time.perf_counter() - start:.0f}s: {ran}")
     return 0
 
 
@@ -276,6 +261,13 @@ def _cmd_cluster_check(args) -> int:
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="YAML config file, e.g. configs/quickstart.yaml")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. --rl.lr=1e-6")
+    _add_verbose(p)
+
+
+def _add_verbose(p: argparse.ArgumentParser) -> None:
+    # SUPPRESS: a subcommand's default must not undo `rayalign -v <command>`.
+    help = "Ray, vLLM, Serve and DeepSpeed output on the console too (default: <run_dir>/logs/)"
+    p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=help)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -283,26 +275,37 @@ def build_parser() -> argparse.ArgumentParser:
         prog="rayalign",
         description="Deliberative Alignment on Ray: teach a model a written safety spec.",
     )
+    parser.add_argument("-v", "--verbose", action="store_true", help="worker output on the console (any command)")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_spec, _add_config, _add_model, _add_stages, _add_eval, _add_judge, _add_tools):
+    for add in (_add_spec, _add_config, _add_model, _add_stages, _add_run, _add_eval, _add_judge, _add_tools):
         add(sub)
     return parser
 
 
 def _add_spec(sub) -> None:
-    """``rayalign spec validate|show``."""
-    spec = sub.add_parser("spec", help="validate or render the safety spec").add_subparsers(
+    """``rayalign spec validate|show|diff|coverage``."""
+    spec = sub.add_parser("spec", help="validate, render, diff the safety spec; rule coverage of a run").add_subparsers(
         dest="action", required=True
     )
     p = spec.add_parser("validate", help="check a spec directory: ids, categories, style sections")
-    p.add_argument("path", nargs="?", default="specs", help="spec directory (default: specs)")
+    p.add_argument("path", nargs="?", default="builtin:default", help="spec directory (default: the packaged spec)")
     p.set_defaults(func=_cmd_spec_validate)
     p = spec.add_parser("show", help="render spec(category): all summaries + one category in full")
-    p.add_argument("--path", default="specs", help="spec directory (default: specs)")
+    p.add_argument("--path", default="builtin:default", help="spec directory (default: the packaged spec)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--category", help="category id rendered in full (default: summaries only)")
     group.add_argument("--full", action="store_true", help="render every category in full")
     p.set_defaults(func=_cmd_spec_show)
+    p = spec.add_parser("diff", help="rules added/removed/changed, spec(category) changed; exit 0 same, 1 changed")
+    p.add_argument("old", help="spec directory or git revision REV:PATH, e.g. HEAD~1:specs")
+    p.add_argument(
+        "new", nargs="?", default="builtin:default", help="spec directory or REV:PATH (default: the packaged spec)"
+    )
+    p.set_defaults(func=_cmd_spec_diff)
+    p = spec.add_parser("coverage", help="rule citations in a run's SFT data, verdicts, eval failures; heat map")
+    p.add_argument("run_dir", help="a run directory (tracking.run_dir)")
+    p.add_argument("--path", default="builtin:default", help="spec directory (default: the packaged spec)")
+    p.set_defaults(func=_cmd_spec_coverage)
 
 
 def _add_config(sub) -> None:
@@ -332,6 +335,7 @@ def _add_stages(sub) -> None:
     """``rayalign generate``, ``sft`` and ``rl``: the training stages."""
     p = sub.add_parser("generate", help="stage 1: spec-conditioned samples, judge filtering, SFT data (resumable)")
     _add_config_args(p)
+    p.add_argument("--full", action="store_true", help="regenerate every prompt, not only stale ones")
     p.set_defaults(func=_cmd_generate)
 
     p = sub.add_parser(
@@ -350,6 +354,16 @@ def _add_stages(sub) -> None:
     p.set_defaults(func=_cmd_rl)
 
 
+def _add_run(sub) -> None:
+    """``rayalign run``: the pipeline."""
+    help = "generate, sft, rl, eval in order, each resuming; finished stages skipped; --rl:judge.k=1 scopes to rl"
+    p = sub.add_parser("run", help=help, description=help)
+    _add_config_args(p)
+    p.add_argument("--stages", help="comma-separated subset of generate,sft,rl,eval (default: all)")
+    p.add_argument("--force", action="store_true", help="run finished stages again (each still resumes)")
+    p.set_defaults(func=_cmd_run)
+
+
 def _add_eval(sub) -> None:
     """``rayalign eval``."""
     p = sub.add_parser(
@@ -359,16 +373,18 @@ def _add_eval(sub) -> None:
     p.add_argument(
         "--checkpoints",
         help="name=source,... e.g. base=builtin:smollm2-135m-instruct,sft=runs/x/sft/model; "
-        "name+spec adds that target with spec(category) in its prompt (default: base=<model.policy>)",
+        "name+spec adds that target with spec(category) in its prompt (default: eval.targets)",
     )
     p.add_argument(
         "--spec-in-context",
-        default="",
         metavar="NAMES",
-        help="comma-separated targets to also evaluate with spec(category) in the prompt (the no-training baseline)",
+        help="comma-separated targets to also evaluate with spec(category) in the prompt (the no-training baseline; "
+        "default: eval.spec_in_context without --checkpoints, none with)",
     )
     p.add_argument("--benchmark", action="append", default=[], help="name:path, repeatable (default: eval.benchmarks)")
-    p.add_argument("--limit", type=int, default=0, help="at most N prompts per benchmark, round-robin over categories")
+    p.add_argument("--limit", type=int, help="at most N prompts per benchmark, round-robin (default: eval.limit)")
+    judge = "none: string-match scoring only, no judge started (a quick look); config (default): the config's judge"
+    p.add_argument("--judge", choices=("config", "none"), default="config", help=judge)
     p.add_argument("--out", help="output directory (default: <tracking.run_dir>/eval)")
     p.add_argument("--enforce-format", action="store_true", help="constrain decoding to the <think> format")
     p.set_defaults(func=_cmd_eval)
@@ -449,11 +465,30 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = list(args.overrides) + overrides
     elif overrides:
         build_parser().error(f"unexpected options: {' '.join(overrides)}")
+    console = None
     try:
+        from rayalign.cluster import console_for
+
+        _resolve_builtin_specs(args)
+        # Quiet unless -v: worker output goes to <run_dir>/logs (rayalign.cluster).
+        console = console_for(getattr(args, "config", None), getattr(args, "overrides", None), args.verbose)
         return args.func(args)
     except RayalignError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Exception:
+        if console is not None and console.failure_hint():
+            print(console.failure_hint(), file=sys.stderr)
+        raise
+
+
+def _resolve_builtin_specs(args) -> None:
+    """``builtin:default`` as a spec command's directory: the spec inside the package (rayalign.config.spec_dir)."""
+    from rayalign.config import spec_dir
+
+    for name in ("path", "old", "new") if args.command == "spec" else ():
+        if str(getattr(args, name, "")).startswith("builtin:"):
+            setattr(args, name, str(spec_dir(getattr(args, name))))
 
 
 if __name__ == "__main__":

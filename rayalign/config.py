@@ -64,8 +64,12 @@ __all__ = [
     "load_config",
     "parse_override",
     "path_field",
+    "spec_dir",
     "to_dict",
 ]
+
+BUILTIN_SPECS = {"builtin:default": "specs"}
+"""Spec names -> their folder in the package (``rayalign/specs`` links the repo's ``specs/``; package data)."""
 
 
 # ------------------------------------------------------------------ loading
@@ -119,6 +123,33 @@ def _check_range(value: Any, meta: dict, fail) -> None:
         fail(f"must be > {meta['gt']}; got {value}")
     if meta.get("le") is not None and value > meta["le"]:
         fail(f"must be <= {meta['le']}; got {value}")
+
+
+def spec_dir(path: str | Path) -> Path:
+    """The spec directory ``path`` names: ``builtin:default`` is the default spec inside the
+    installed package (any install, any working directory); anything else is a path as given.
+
+    >>> (spec_dir("builtin:default") / "spec.yaml").is_file(), spec_dir("my/specs").as_posix()
+    (True, 'my/specs')
+    """
+    text = str(path)
+    if not text.startswith("builtin:"):
+        return Path(text)
+    if text not in BUILTIN_SPECS:
+        raise ConfigError(f"unknown built-in spec {text!r}; built in: {', '.join(BUILTIN_SPECS)}", field="spec.path")
+    return (Path(__file__).parent / BUILTIN_SPECS[text]).resolve()
+
+
+def _resolve_spec(cfg: Config, origins: dict[str, _Origin]) -> Config:
+    """``spec.path`` as a directory, so every stage reads ``cfg.spec.path`` as a path."""
+    file, line = origins.get("spec.path", ("<defaults>", None))
+    try:
+        path = spec_dir(cfg.spec.path)
+    except ConfigError as e:
+        raise ConfigError(e.message, file=file, line=line, field="spec.path") from None
+    if not path.is_dir():
+        raise ConfigError(f"built-in spec {cfg.spec.path} is missing from the install: {path}", field="spec.path")
+    return dataclasses.replace(cfg, spec=dataclasses.replace(cfg.spec, path=str(path)))
 
 
 def _check_path(value: str, meta: dict, fail) -> None:
@@ -230,7 +261,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
         origins[key] = ("command line", None)
         for i in range(1, key.count(".") + 1):
             origins.setdefault(".".join(key.split(".")[:i]), ("command line", None))
-    cfg = dataclasses.replace(_build(Config, raw, origins, ""), source=source)
+    cfg = _resolve_spec(dataclasses.replace(_build(Config, raw, origins, ""), source=source), origins)
     check_resource_plan(cfg, origins)
     return cfg
 

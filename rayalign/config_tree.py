@@ -28,8 +28,9 @@ def path_field(default: str = "", *, must_exist: bool = True):
 
 @dataclass(frozen=True)
 class SpecConfig:
-    path: str = path_field("specs")
-    """Spec directory: spec.yaml plus categories/<id>.yaml."""
+    path: str = path_field("builtin:default")
+    """Spec directory (spec.yaml, categories/<id>.yaml, templates/), or builtin:default: the repo's specs/,
+    shipped inside the package so any install finds it from any directory."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,15 @@ class GenerateConfig:
     """With a prefix (steer prefix or both): the opening is the whole reasoning and the think block is closed, so
     the generator writes only the answer. For generators too small to continue a reasoning coherently (measured:
     SmolLM2-135M); the SFT example still pairs that reasoning with the generator's answer."""
+    answer_context: Literal["spec", "plain"] = "spec"
+    """What the generator sees when it writes the answer after a closed reasoning: spec (spec(category), the
+    instruction and the reasoning) or plain (the bare conversation; the reasoning joins the answer afterwards).
+    Measured on SmolLM2-135M: with any spec text or reasoning in view it writes about the request instead of
+    answering it; plain, it answers. Needs close_reasoning."""
+    refusals: Literal["model", "spec"] = "model"
+    """Where a refuse-labelled prompt's answer comes from: the generator, or the refusal the spec's style rules
+    prescribe (the refusal section of specs/templates/steer.md; provenance spec:refusal) for generators that
+    cannot write one. Needs close_reasoning."""
 
 
 @dataclass(frozen=True)
@@ -297,7 +307,16 @@ class RLConfig:
 @dataclass(frozen=True)
 class EvalConfig:
     benchmarks: tuple[str, ...] = ()
-    """Benchmarks: loader names with file paths, e.g. jbb_harmful:path/to.csv."""
+    """Benchmarks: loader names with file paths, e.g. jbb_harmful:path/to.csv, or builtin:jbb-harmful."""
+    limit: int = bounded(0, ge=0)
+    """At most this many prompts per benchmark, round-robin over categories (0 = all); `rayalign eval --limit`."""
+    targets: tuple[str, ...] = ("base",)
+    """What to evaluate: base (model.policy), sft and rl (<run_dir>/sft/model, <run_dir>/rl/model), or
+    name=source; `rayalign eval --checkpoints` replaces them."""
+    spec_in_context: tuple[str, ...] = ()
+    """Targets also evaluated with spec(category) in the prompt (the no-training baseline), e.g. [base]."""
+    judge: bool = True
+    """Score with the judge; false: string-match scoring only, no judge started (`rayalign eval --judge none`)."""
     max_new_tokens: int = bounded(256, ge=1)
     """Answer length cap."""
     bootstrap_samples: int = bounded(1000, ge=100)

@@ -9,10 +9,11 @@ one, so a long spec fits in a prompt.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,11 @@ STYLE_HEADINGS: dict[Behavior, str] = {
 _CATEGORY_ID = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
+def _position(default):
+    """A field saying where an item is written: not compared, not hashed (layout is not content)."""
+    return field(default=default, compare=False, repr=False, metadata={"hashed": False})
+
+
 @dataclass(frozen=True)
 class Definition:
     term: str
@@ -49,6 +55,10 @@ class Rule:
     behavior: Behavior
     text: str
     examples: tuple[str, ...] = ()
+    file: str = _position("")
+    """Where it is written, relative to the spec directory (``categories/self_harm.yaml``)."""
+    line: int = _position(0)
+    """1-based line of its ``- id:`` item in ``file``."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +68,8 @@ class StyleRule:
     id: str
     applies_to: Behavior
     text: str
+    file: str = _position("")
+    line: int = _position(0)
 
 
 @dataclass(frozen=True)
@@ -68,6 +80,8 @@ class Principle:
     title: str
     text: str
     examples: tuple[str, ...] = ()
+    file: str = _position("")
+    line: int = _position(0)
 
 
 @dataclass(frozen=True)
@@ -78,6 +92,9 @@ class Category:
     definitions: tuple[Definition, ...]
     rules: tuple[Rule, ...]
     style: tuple[StyleRule, ...]
+    file: str = _position("")
+    summary_line: int = _position(0)
+    """1-based line of the ``summary:`` key in ``file``."""
 
 
 @dataclass(frozen=True)
@@ -89,7 +106,7 @@ class Spec:
     categories: tuple[Category, ...]
     principles: tuple[Principle, ...]
     style: tuple[StyleRule, ...]
-    hash: str = field(default="", compare=False)
+    hash: str = field(default="", compare=False, metadata={"hashed": False})
     """Content hash of everything above (``sha256:`` + 16 hex digits)."""
 
     def category(self, category_id: str) -> Category:
@@ -117,8 +134,10 @@ class Spec:
 class _Reader:
     """Typed field access on a loaded YAML mapping, with located errors."""
 
-    def __init__(self, node: Any, file: Path, where: str):
+    def __init__(self, node: Any, file: Path, where: str, label: str = ""):
         self.file, self.where = file, where
+        self.label = label or file.name
+        """The file as positions name it: relative to the spec directory."""
         if not isinstance(node, Node):
             self.fail(f"expected a mapping, got {type(node).__name__}", line_of(node, 0))
         self.node = node
@@ -160,7 +179,7 @@ class _Reader:
         value = self.node[key] if index is None else self.node[key][index]
         suffix = key if index is None else f"{key}[{index}]"
         where = f"{self.where}.{suffix}" if self.where else suffix
-        return _Reader(value, self.file, where)
+        return _Reader(value, self.file, where, self.label)
 
     def behavior(self, key: str) -> Behavior:
         value = self.node.get(key)
@@ -194,7 +213,7 @@ def _parse_rule(r: _Reader, category_id: str, ids: _IdRegistry) -> Rule:
             "id",
         )
     ids.add(r, rule_id)
-    return Rule(rule_id, behavior, r.text("text"), r.strings("examples"))
+    return Rule(rule_id, behavior, r.text("text"), r.strings("examples"), r.label, r.node.line)
 
 
 def _parse_style_rule(r: _Reader, prefix: str, ids: _IdRegistry, applies_to: Behavior | None) -> StyleRule:
@@ -205,11 +224,11 @@ def _parse_style_rule(r: _Reader, prefix: str, ids: _IdRegistry, applies_to: Beh
     if not re.match(rf"^{re.escape(prefix)}[1-9][0-9]*$", rule_id):
         r.fail(f"style id {rule_id!r} must look like {prefix}<n>", r.node.line_of("id"), "id")
     ids.add(r, rule_id)
-    return StyleRule(rule_id, behavior, r.text("text"))
+    return StyleRule(rule_id, behavior, r.text("text"), r.label, r.node.line)
 
 
 def _parse_category(path: Path, expected_id: str, ids: _IdRegistry) -> Category:
-    r = _Reader(load_yaml(path, SpecError), path, "")
+    r = _Reader(load_yaml(path, SpecError), path, "", f"categories/{path.name}")
     r.check_keys({"id", "title", "summary", "definitions", "rules", "style"})
     cid = r.text("id")
     if cid != expected_id:
@@ -224,7 +243,10 @@ def _parse_category(path: Path, expected_id: str, ids: _IdRegistry) -> Category:
     for behavior in ("comply", "refuse"):
         if not any(rule.behavior == behavior for rule in rules):
             r.fail(f"category needs at least one {behavior} rule", r.node.line_of("rules"), "rules")
-    return Category(cid, r.text("title"), r.text("summary"), tuple(definitions), tuple(rules), tuple(style))
+    summary_at = {"file": r.label, "summary_line": r.node.line_of("summary")}
+    return Category(
+        cid, r.text("title"), r.text("summary"), tuple(definitions), tuple(rules), tuple(style), **summary_at
+    )
 
 
 def _parse_global_style(r: _Reader, ids: _IdRegistry) -> tuple[StyleRule, ...]:
@@ -242,6 +264,9 @@ def load_spec(path: str | Path) -> Spec:
     """Load and validate a spec directory (or its ``spec.yaml``).
 
     Every problem raises :class:`SpecError` naming file, line and field.
+    Rules, style rules and principles carry their ``file`` (relative to the
+    spec directory) and ``line``, categories their summary's; positions are
+    neither compared nor hashed, so moving an item changes nothing.
     """
     root = Path(path)
     manifest = root if root.is_file() else root / "spec.yaml"
@@ -259,7 +284,7 @@ def load_spec(path: str | Path) -> Spec:
         if not re.match(r"^general\.P[1-9][0-9]*$", pid):
             p.fail(f"principle id {pid!r} must look like general.P<n>", p.node.line_of("id"), "id")
         ids.add(p, pid)
-        principles.append(Principle(pid, p.text("title"), p.text("text"), p.strings("examples")))
+        principles.append(Principle(pid, p.text("title"), p.text("text"), p.strings("examples"), p.label, p.node.line))
     style = _parse_global_style(r, ids)
     categories = _parse_categories(r, root, ids)
     spec = Spec(
@@ -298,12 +323,25 @@ def _parse_categories(r: _Reader, root: Path, ids: _IdRegistry) -> tuple[Categor
 def spec_hash(spec: Spec) -> str:
     """Content hash of a spec: stable across whitespace and YAML layout changes.
 
-    Any change to a rule's wording, id or behaviour changes it.
+    Any change to a rule's wording, id or behaviour changes it; where an item
+    is written (file and line) does not.
     """
-    body = asdict(spec)
-    body.pop("hash", None)
-    digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+    digest = hashlib.sha256(json.dumps(_content(spec), sort_keys=True).encode()).hexdigest()
     return f"sha256:{digest[:16]}"
+
+
+def _content(value: Any) -> Any:
+    """``dataclasses.asdict`` without the fields marked ``hashed: False`` (positions, the hash itself).
+
+    >>> _content(Rule("a.D1", "refuse", "No.", file="categories/a.yaml", line=7))
+    {'id': 'a.D1', 'behavior': 'refuse', 'text': 'No.', 'examples': []}
+    """
+    if dataclasses.is_dataclass(value):
+        fields = dataclasses.fields(value)
+        return {f.name: _content(getattr(value, f.name)) for f in fields if f.metadata.get("hashed", True)}
+    if isinstance(value, (list, tuple)):
+        return [_content(v) for v in value]
+    return value
 
 
 # -------------------------------------------------------------- rendering

@@ -6,7 +6,12 @@ everything around the step is here:
 
     driver:  checkpoint_storage -> fit(loop, job, storage, output_dir, Summary) -> Trained(summary, checkpoint, model)
     worker:  setup_worker -> build_learner(learner_settings(job, ...)) -> restore(learner, job, rank, world, fresh)
-             -> for each step: <the stage's step> -> checkpoint_if_due(...)
+             -> for each step: <the stage's step> -> reporter.step(...) -> checkpoint_if_due(...)
+
+Progress crosses back live through a queue: rank 0's :class:`StepReporter`
+puts a :class:`StepReport` per step, and a thread of the driver draws them as
+the stage's progress line (:mod:`rayalign.progress`), so it reaches the console
+even though workers' output is not forwarded to the driver (:mod:`rayalign.cluster`).
 
 A checkpoint is one ``step-NNNNNN`` folder, merged by Ray Train from every
 rank's part: ``model/`` (Hugging Face weights + tokenizer, rank 0),
@@ -23,10 +28,11 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, suppress
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -35,11 +41,13 @@ import ray.train.torch
 import torch
 from ray.train import Checkpoint, CheckpointConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
+from ray.util.queue import Empty, Queue
 
 from rayalign.config import Config, LearnerConfig
 from rayalign.config import to_dict as config_dict
 from rayalign.learners import Learner, LearnerSettings, ResumeError, rng_state, set_rng_state
 from rayalign.models import torch_dtype
+from rayalign.progress import ProgressLine
 from rayalign.tracking import Tracker, forget_run, start_tracking
 from rayalign.types import from_dict, to_dict
 
@@ -147,6 +155,33 @@ class Progress:
     def summary(self, state: Any) -> Any:
         """The record reported with a checkpoint; the driver builds the stage's result from it."""
         raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class StepReport:
+    """One finished step, from rank 0 to the driver's progress line."""
+
+    step: int
+    """Steps done in total."""
+    total: int
+    values: dict[str, float] = field(default_factory=dict)
+    """What the line shows next to the counts, e.g. {"loss": 1.23, "tok/s": 512.0}."""
+
+
+class StepReporter:
+    """Rank 0's end of the progress queue (``config["progress"]``); a no-op elsewhere or without a queue.
+    Progress never fails a step: a lost queue only stops the line."""
+
+    def __init__(self, config: Mapping, rank: int):
+        self.queue = config.get("progress") if rank == 0 else None
+
+    def step(self, step: int, total: int, values: Mapping[str, float]) -> None:
+        if self.queue is None:
+            return
+        try:
+            self.queue.put_nowait(StepReport(step, total, {k: float(v) for k, v in values.items()}))
+        except Exception:  # noqa: BLE001 - the queue's actor is gone: train on without a progress line
+            self.queue = None
 
 
 # ------------------------------------------------------- Ray Train workers
@@ -262,12 +297,12 @@ def checkpoint_storage(output_dir: str | Path, stage: str, run_dir: str | Path, 
     return output, storage
 
 
-def ray_trainer(loop: Callable[[dict], None], job: TrainingJob, storage: Path) -> TorchTrainer:
-    """A Ray Train TorchTrainer running ``loop({"job": job})`` on ``<stage>.learner``;
+def ray_trainer(loop: Callable[[dict], None], job: TrainingJob, storage: Path, progress=None) -> TorchTrainer:
+    """A Ray Train TorchTrainer running ``loop({"job": job, "progress": queue})`` on ``<stage>.learner``;
     gloo on CPU, NCCL on GPU; the newest two checkpoints kept under ``storage/<stage>``."""
     return TorchTrainer(
         loop,
-        train_loop_config={"job": job},
+        train_loop_config={"job": job, "progress": progress},
         scaling_config=scaling_config(job.learner),
         torch_config=TorchConfig(backend="nccl" if job.use_gpu else "gloo"),
         run_config=RunConfig(
@@ -294,7 +329,9 @@ def fit(
     """Run ``loop`` on the job's learners and publish the latest checkpoint's model to
     ``<output_dir>/model``. A run that finds training already complete trains nothing
     and returns what the run that completed it reported."""
-    result = ray_trainer(loop, job, storage).fit()
+    print(f"[{job.stage}] starting {job.learner.num_workers} Ray Train learner(s) ({job.learner.strategy})", flush=True)
+    with progress_relay(job.stage) as queue:
+        result = ray_trainer(loop, job, storage, queue).fit()
     if result.checkpoint is None or not result.metrics:
         raise RuntimeError(f"{job.stage.upper()} finished without a checkpoint in {storage}")
     return Trained(
@@ -314,3 +351,48 @@ def publish_model(checkpoint: Checkpoint, destination: Path) -> Path:
     shutil.rmtree(destination, ignore_errors=True)
     staging.rename(destination)
     return destination
+
+
+@contextmanager
+def progress_relay(label: str, *, poll_s: float = 1.0) -> Iterator[Queue]:
+    """A queue for rank 0's :class:`StepReport` s, drawn by a driver thread as the ``[label]`` progress line.
+
+    The line starts at the first report (a resumed run's first step is its
+    starting point), so its rate and ETA count only steps seen here.
+    """
+    queue = Queue(actor_options={"num_cpus": 0})  # no CPU: it must never wait for the learners' cores
+    stop = threading.Event()
+    thread = threading.Thread(target=_draw, args=(queue, label, stop, poll_s), name=f"{label}-progress", daemon=True)
+    thread.start()
+    try:
+        yield queue
+    finally:
+        stop.set()
+        thread.join(timeout=poll_s * 5)
+        with suppress(Exception):
+            queue.shutdown()
+
+
+def _draw(queue: Queue, label: str, stop: threading.Event, poll_s: float) -> None:
+    line: ProgressLine | None = None
+    try:
+        while not stop.is_set():
+            try:
+                reports = [queue.get(timeout=poll_s)]
+            except Empty:
+                continue
+            line = _show(line, label, reports)
+        line = _show(line, label, queue.get_nowait_batch(queue.qsize()))  # the last steps' reports
+    except Exception:  # noqa: BLE001 - Ray going down under the thread ends the line, not the stage
+        pass
+    finally:
+        if line is not None:
+            line.close()
+
+
+def _show(line: ProgressLine | None, label: str, reports: list[StepReport]) -> ProgressLine | None:
+    for report in reports:
+        if line is None:
+            line = ProgressLine(label, report.total, unit="step", initial=report.step, values=report.values)
+        line.set(report.step, report.values)
+    return line

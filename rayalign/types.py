@@ -208,6 +208,9 @@ class SFTExample:
     generation_template_hash: str = ""
     rules: tuple[str, ...] = ()
     """Rule ids the judge said apply."""
+    spec_category_hash: str = ""
+    """Hash of the spec(category) it was generated and judged with (``specdiff.category_hash``);
+    empty in files written before it was recorded."""
 
 
 @dataclass(frozen=True)

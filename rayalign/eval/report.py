@@ -5,18 +5,20 @@
 
 Plots are drawn on a bare :class:`~matplotlib.figure.Figure` with the Agg
 canvas, so no GUI backend or pyplot global state is involved. A plot with no
-data to show is left out and the report says why.
+data to show is left out and the report says why. The report names the scorer
+of every column: the judge, or string match when the eval ran without one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from rayalign.config_tree import JudgeConfig
 from rayalign.eval.metrics import OUTCOMES, MetricResult
 from rayalign.tracking import Tracker
 
@@ -25,6 +27,8 @@ PARETO_FILE = "pareto.png"
 CATEGORY_FILE = "not_unsafe_by_category.png"
 DPI = 120
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+SAMPLE_ROWS = 8
+"""Answers per target in the tracker's sample table."""
 
 METRIC_NOTES: dict[str, str] = {
     "not_unsafe": "share of must-refuse / safe-complete prompts answered without disallowed content (judge; a refusal when unjudged)",
@@ -32,6 +36,42 @@ METRIC_NOTES: dict[str, str] = {
     "style_adherence": "share of judged answers that follow the style guideline for their behaviour (judge)",
     "citation_accuracy": "share of answers whose reasoning cites a rule of the prompt's category with the expected behaviour",
 }
+
+
+def judge_label(judge: JudgeConfig, policy: str) -> str:
+    """Who judged, for the report: backend, model, k.
+
+    >>> judge_label(JudgeConfig(k=2), "builtin:tiny")
+    'local builtin:tiny (vllm), k=2'
+    """
+    who = {"local": f"{judge.model or policy} ({judge.engine})", "openai": judge.api_model, "function": judge.function}
+    return f"{judge.backend} {who[judge.backend]}, k={judge.k}" + (", cascade first" if judge.cascade else "")
+
+
+def scorers(judge: str | None) -> dict[str, str]:
+    """Which scorer produced each metric: ``judge`` (its label), or string match when None.
+
+    >>> scorers(None)["not_unsafe"]
+    'string match: a refusal counts as safe (safe-complete prompts need the judge: not scored)'
+    """
+    if judge is None:
+        return {
+            "not_unsafe": "string match: a refusal counts as safe (safe-complete prompts need the judge: not scored)",
+            "not_overrefuse": "string match (refusal detector)",
+            "style_adherence": "not scored (needs the judge)",
+            "citation_accuracy": "rule ids in the reasoning (string match)",
+        }
+    return {
+        "not_unsafe": f"judge: {judge} (an unscorable verdict falls back to string match)",
+        "not_overrefuse": "string match (refusal detector)",
+        "style_adherence": f"judge: {judge}",
+        "citation_accuracy": "rule ids in the reasoning (string match)",
+    }
+
+
+def _short(scorer: str) -> str:
+    """A column tag: judge, string match, rule ids or not scored."""
+    return next(tag for tag in ("judge", "string match", "rule ids", "not scored") if scorer.startswith(tag))
 
 
 @dataclass(frozen=True)
@@ -105,32 +145,45 @@ def metric_section(results: Sequence[TargetMetrics], metric: str) -> list[str]:
 
 
 def render_markdown(
-    results: Sequence[TargetMetrics], plots: Sequence[tuple[str, str]], notes: Sequence[str] = ()
+    results: Sequence[TargetMetrics],
+    plots: Sequence[tuple[str, str]],
+    notes: Sequence[str] = (),
+    judge: str | None = "the judge",
 ) -> str:
-    """The report text; ``plots`` are (caption, file name) pairs next to report.md."""
+    """The report text; ``plots`` are (caption, file name) pairs next to report.md; ``judge``
+    names the judge that scored, None when the eval ran without one (string match only)."""
     lines = [
         "# rayalign evaluation",
         "",
         "Values with 95% percentile-bootstrap intervals and the number of answers counted.",
         "",
     ]
+    by = scorers(judge)
     runs = [
-        [r.name, r.model or "–", str(r.answers), str(r.malformed), str(r.unscorable), str(r.cascade)]
+        [r.name, r.model or "–", str(r.answers), str(r.malformed)]
+        + ([str(r.unscorable), str(r.cascade)] if judge is not None else ["–", "–"])  # no judge, no verdicts
         + [f"{r.seconds:.1f}"]
         for r in results
     ]
     header = ["target", "model", "answers", "off-format", "unscorable", "cascade", "sampling s"]
     lines += _table(header, runs, "llrrrrr")
     lines += ["", "cascade: verdicts the behaviour check decided without a judge call (judge.cascade)."]
+    lines += _scorer_lines(by, judge)
     lines += ["", "## Summary", ""]
     summary = [[r.name, *(format_ci(r.get(metric)) for metric in OUTCOMES)] for r in results]
-    lines += _table(["target", *OUTCOMES], summary)
+    lines += _table(["target", *(f"{metric} ({_short(by[metric])})" for metric in OUTCOMES)], summary)
     lines += [""] + [f"![{caption}]({file})" for caption, file in plots]
     lines += [f"- {note}" for note in notes] + [""]
     for metric in OUTCOMES:
         if any(r.get(metric) for r in results):
             lines += metric_section(results, metric)
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _scorer_lines(by: Mapping[str, str], judge: str | None) -> list[str]:
+    what = "No judge ran (eval.judge: false / --judge none): string match only." if judge is None else ""
+    lines = ["", "## Scorers", "", *([what, ""] if what else [])]
+    return lines + _table(["metric", "scored by"], [[metric, by[metric]] for metric in OUTCOMES])
 
 
 # ------------------------------------------------------------------ plots
@@ -216,8 +269,15 @@ def plot_categories(results: Sequence[TargetMetrics], path: Path, metric: str = 
 # ------------------------------------------------------------------ the report
 
 
-def write_report(results: Sequence[TargetMetrics], out_dir: str | Path, *, tracker: Tracker | None = None) -> Path:
+def write_report(
+    results: Sequence[TargetMetrics],
+    out_dir: str | Path,
+    *,
+    tracker: Tracker | None = None,
+    judge: str | None = "the judge",
+) -> Path:
     """Write ``report.md`` and its PNG plots under ``out_dir``; log them to ``tracker`` if given.
+    ``judge`` names who judged (None: string match only), for the report's scorers.
 
     The tracker gets every metric as ``eval/<target>/<metric>`` in its run
     summary and, with W&B on, the plots as images.
@@ -234,7 +294,7 @@ def write_report(results: Sequence[TargetMetrics], out_dir: str | Path, *, track
     else:
         notes.append("No per-category plot: no not_unsafe value has a category.")
     path = out / REPORT_FILE
-    path.write_text(render_markdown(results, plots, notes), encoding="utf-8")
+    path.write_text(render_markdown(results, plots, notes, judge), encoding="utf-8")
     if tracker is not None:
         _log(tracker, results, [out / file for _, file in plots])
     return path
@@ -246,3 +306,13 @@ def _log(tracker: Tracker, results: Sequence[TargetMetrics], images: Sequence[Pa
         import wandb  # only with W&B on: the import costs ~1 s
 
         tracker.wandb_run.log({f"eval/{p.stem}": wandb.Image(str(p)) for p in images}, step=0)
+
+
+def log_samples(tracker: Tracker, target: str, answers: Sequence) -> None:
+    """The first SAMPLE_ROWS answers (rayalign.eval.run.EvalAnswer) as the tracker's ``eval/samples/<target>`` table."""
+    columns = ["prompt_id", "category", "expected", "answer", "refusal", "score", "compliant"]
+    rows = [
+        [a.prompt_id, a.category, a.expected, a.answer, a.refusal, a.verdict.score, a.verdict.compliant]
+        for a in answers[:SAMPLE_ROWS]
+    ]
+    tracker.table(f"eval/samples/{target}", columns, rows, step=0)

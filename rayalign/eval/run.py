@@ -1,13 +1,10 @@
 """The evaluation driver: answers from several checkpoints, judged, scored and reported.
 
     benchmarks -> prompts (limit per benchmark, round-robin over categories)
-    for each target (base, sft, rl, base+spec, ...):
-        sampler pool -> greedy answers -> pool shut down (frees its CPUs)
+    for each target (base, sft, rl, base+spec, ...): sampler pool -> greedy answers -> pool shut down
     every target's answers -> judge (reasoning hidden), one pass, by category
-    for each target:
-        string-match refusal + verdict -> ScoredAnswer
-        -> summarize (bootstrap CIs) -> answers/<target>.jsonl
-    -> metrics.json, report.md + PNG plots
+    for each target: string-match refusal + verdict -> ScoredAnswer -> summarize (bootstrap CIs)
+    -> answers/<target>.jsonl, metrics.json, report.md + PNG plots
 
 A *spec-in-context* target is the paper's no-training baseline: the model sees
 the stage-1 prompt (``spec(category)`` and the instructions to reason over it)
@@ -24,6 +21,8 @@ that must be refused or safe-completed, its ``style_ok`` the style metric.
 on the judge. Citation accuracy reads known rule ids in the reasoning.
 With ``judge.cascade`` on, answers whose behaviour plainly contradicts the
 expected one are decided without a judge call; the report counts them per target.
+With ``eval.judge: false`` (``--judge none``) no judge starts: string match only,
+and the report says which scorer produced each column.
 """
 
 from __future__ import annotations
@@ -33,9 +32,11 @@ import dataclasses
 import functools
 import hashlib
 import json
+import math
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,11 +46,12 @@ from rayalign.datafiles import write_atomic
 from rayalign.eval.loaders import load_benchmark
 from rayalign.eval.metrics import MetricResult, ScoredAnswer, expected_rules_for, summarize
 from rayalign.eval.refusal import is_refusal
-from rayalign.eval.report import TargetMetrics, write_report
+from rayalign.eval.report import TargetMetrics, judge_label, log_samples, write_report
 from rayalign.eval.targets import EvalError, EvalTarget
 from rayalign.judge.cascade import cascade_count
 from rayalign.judge.client import JudgeClient, losses_warning
 from rayalign.judge.service import judge_session
+from rayalign.progress import ProgressLine
 from rayalign.rollout.engine import EngineConfig, sampling_settings
 from rayalign.rollout.format import THINK_CLOSE, THINK_OPEN, split_completion
 from rayalign.rollout.pool import PoolResources, RolloutPool
@@ -75,8 +77,7 @@ from rayalign.types import (
     to_json,
 )
 
-SAMPLE_ROWS = 8
-"""Answers per target in the tracker's sample table."""
+NOT_JUDGED = Verdict("unscorable", None, explanation="not judged (eval.judge: false): string match only")
 
 
 # ------------------------------------------------------------------ records
@@ -143,6 +144,8 @@ class EvalResult:
     """One judging pass over every target's answers."""
     enforce_format: bool = False
     """Whether decoding was constrained to the think/answer format."""
+    judge: str = ""
+    """The judge that scored (backend, model, k); empty: string match only (eval.judge false)."""
 
 
 # ------------------------------------------------------------------ pure scoring
@@ -247,9 +250,9 @@ def run_eval(
 ) -> EvalResult:
     """Evaluate every target on the benchmarks; write answers, metrics.json and report.md.
 
-    Starts (or joins) Ray per ``cfg.cluster`` and the judge once; each target
-    gets its own sampler pool, shut down before the next one starts; then the
-    judge scores every answer in one pass. Decoding
+    Starts (or joins) Ray per ``cfg.cluster`` and the judge once (unless
+    ``eval.judge`` is false); each target gets its own sampler pool, shut down
+    before the next one starts; then the judge scores every answer in one pass. Decoding
     is greedy and free unless ``enforce_format`` constrains every target to the
     think/answer format (as ``rollout.enforce_format`` does in training): off
     by default, since eval measures what a model writes on its own.
@@ -262,7 +265,6 @@ def run_eval(
     names, prompts = load_eval_prompts(benchmarks, limit)
     log(f"[eval] {len(prompts)} prompts from {', '.join(names)}; targets: {', '.join(t.name for t in targets)}")
     init_ray(cfg.cluster)
-    tick = time.perf_counter()
     settings = sampling_settings(
         n=1,
         temperature=0.0,
@@ -270,23 +272,36 @@ def run_eval(
         seed=cfg.rollout.seed,
         enforce_format=enforce_format,
     )
-    with judge_session(cfg) as client:
-        log(f"[eval] judge ({cfg.judge.backend}) up in {time.perf_counter() - tick:.1f}s")
+    with _judge(cfg, log) as client:
         context = _Context(cfg, spec, templates, settings, client, out, tracker, log)
         sampled = [_sample_target(context, target, prompts) for target in targets]
         verdicts, judge_s = _judge_all(context, sampled)
-        _warn_losses(client, cfg, log)
     results = [_score_target(context, s, v) for s, v in zip(sampled, verdicts)]
-    report = write_report([_report_row(r) for r in results], out, tracker=tracker)
+    judge = judge_label(cfg.judge, cfg.model.policy) if client else ""
+    report = write_report([_report_row(r) for r in results], out, tracker=tracker, judge=judge or None)
     seconds = time.perf_counter() - start
     result = EvalResult(
-        tuple(results), tuple(names), len(prompts), str(out), str(report), seconds, judge_s, enforce_format
+        tuple(results), tuple(names), len(prompts), str(out), str(report), seconds, judge_s, enforce_format, judge
     )
     (out / "metrics.json").write_text(
         json.dumps(to_dict(result), indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
     )
     log(f"[eval] done in {result.seconds:.0f}s: {report}")
     return result
+
+
+@contextmanager
+def _judge(cfg: Config, log) -> Iterator[JudgeClient | None]:
+    """The judge on Serve for the whole eval (its losses logged at the end), or None with eval.judge false."""
+    if not cfg.eval.judge:
+        log("[eval] no judge (eval.judge: false): string-match scoring only")
+        yield None
+        return
+    tick = time.perf_counter()
+    with judge_session(cfg) as client:
+        log(f"[eval] judge ({cfg.judge.backend}) up in {time.perf_counter() - tick:.1f}s")
+        yield client
+        _warn_losses(client, cfg, log)
 
 
 @dataclass(frozen=True)
@@ -297,7 +312,8 @@ class _Context:
     spec: Spec
     templates: GenerationTemplates
     settings: SamplingSettings
-    client: JudgeClient
+    client: JudgeClient | None
+    """None when eval.judge is false."""
     out: Path
     tracker: Tracker | None
     log: Callable[[str], None]
@@ -378,7 +394,9 @@ def _judge_all(ctx: _Context, sampled: Sequence[_Sampled]) -> tuple[list[list[Ve
     """Every target's answers judged in one pass: full dynamic batches, and
     requests of one category adjacent so they share spec(category) in the
     judge's prefix cache. The judge sees the original prompt (no spec) and the
-    answer only: reasoning hidden."""
+    answer only: reasoning hidden. Without a judge every verdict is NOT_JUDGED."""
+    if ctx.client is None:
+        return [[NOT_JUDGED] * len(s.prompts) for s in sampled], 0.0
     tick = time.perf_counter()
     requests = [
         JudgeRequest(prompt=p, answer=c.answer, reasoning=None, request_id=f"{s.target.name}/{p.id}")
@@ -386,7 +404,8 @@ def _judge_all(ctx: _Context, sampled: Sequence[_Sampled]) -> tuple[list[list[Ve
         for p, c in zip(s.prompts, s.completions)
     ]
     order = sorted(range(len(requests)), key=lambda i: (requests[i].prompt.category or "", i))
-    judged = asyncio.run(ctx.client.score([requests[i] for i in order]))
+    with ProgressLine("eval judge", len(requests), unit="verdict") as line:
+        judged = asyncio.run(_score_watched(ctx.client, [requests[i] for i in order], line))
     by_index = dict(zip(order, judged))
     flat = [by_index[i] for i in range(len(requests))]
     judge_s = time.perf_counter() - tick
@@ -401,6 +420,16 @@ def _judge_all(ctx: _Context, sampled: Sequence[_Sampled]) -> tuple[list[list[Ve
         verdicts.append(flat[at : at + len(s.prompts)])
         at += len(s.prompts)
     return verdicts, judge_s
+
+
+async def _score_watched(client: JudgeClient, requests: Sequence[JudgeRequest], line: ProgressLine) -> list[Verdict]:
+    """``client.score`` with ``line`` following the verdicts as they finish (the client counts them)."""
+    before = client.losses().results
+    task = asyncio.ensure_future(client.score(requests))
+    while not task.done():
+        await asyncio.wait({task}, timeout=1.0)
+        line.set(client.losses().results - before)
+    return task.result()
 
 
 def _score_target(ctx: _Context, sampled: _Sampled, verdicts: Sequence[Verdict]) -> TargetResult:
@@ -418,12 +447,12 @@ def _score_target(ctx: _Context, sampled: _Sampled, verdicts: Sequence[Verdict])
     path = ctx.out / "answers" / f"{_file_name(target.name)}.jsonl"
     write_atomic(path, [to_json(a) for a in answers])
     if ctx.tracker is not None:
-        _log_samples(ctx.tracker, target.name, answers[:SAMPLE_ROWS])
+        log_samples(ctx.tracker, target.name, answers)
     metrics_s = time.perf_counter() - tick
     headline = ", ".join(f"{m.name} {m.value:.2f}" for m in metrics if "/" not in m.name)
     ctx.log(f"[eval] {target.name}: {headline or 'no metric'} (metrics in {metrics_s:.1f}s)")
     malformed = sum(c.malformed is not None for c in completions)
-    unscorable = sum(v.status != "ok" for v in verdicts)
+    unscorable = sum(v.status != "ok" for v in verdicts) if ctx.client else 0
     times = PhaseTimes(sampled.start_s, sampled.generate_s, metrics_s)
     cascade = cascade_count(verdicts)
     return TargetResult(target, metrics, str(path), len(answers), malformed, unscorable, times, cascade)
@@ -441,7 +470,12 @@ def _generate(ctx: _Context, target: EvalTarget, prompts: Sequence[Prompt]) -> t
     try:
         pool.wait_ready()
         start_s, tick = time.perf_counter() - tick, time.perf_counter()
-        rollouts = pool.generate(shown, ctx.settings)
+        # Slices, so the line moves: ~10 steps, each still a batch for every sampler.
+        size, rollouts = max(8 * len(pool.actors), math.ceil(len(shown) / 10)), []
+        with ProgressLine(f"eval {target.name}", len(shown), unit="answer") as line:
+            for i in range(0, len(shown), size):
+                rollouts += pool.generate(shown[i : i + size], ctx.settings)
+                line.set(len(rollouts))
     finally:
         pool.shutdown()  # its CPUs go to the next target's pool and the judge
     return rollouts, start_s, time.perf_counter() - tick
@@ -458,24 +492,7 @@ def _file_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]", "_", name)
 
 
-def _report_row(result: TargetResult) -> TargetMetrics:
-    t = result.target
-    return TargetMetrics(
-        name=t.name,
-        metrics=result.metrics,
-        model=t.model + (" (spec in context)" if t.spec_in_context else ""),
-        answers=result.answers,
-        malformed=result.malformed,
-        unscorable=result.unscorable,
-        seconds=sum(dataclasses.astuple(result.times)),
-        cascade=result.cascade,
-    )
-
-
-def _log_samples(tracker: Tracker, name: str, answers: Sequence[EvalAnswer]) -> None:
-    columns = ["prompt_id", "category", "expected", "answer", "refusal", "score", "compliant"]
-    rows = [
-        [a.prompt_id, a.category, a.expected, a.answer, a.refusal, a.verdict.score, a.verdict.compliant]
-        for a in answers
-    ]
-    tracker.table(f"eval/samples/{name}", columns, rows, step=0)
+def _report_row(r: TargetResult) -> TargetMetrics:
+    model = r.target.model + (" (spec in context)" if r.target.spec_in_context else "")
+    seconds = sum(dataclasses.astuple(r.times))
+    return TargetMetrics(r.target.name, r.metrics, model, r.answers, r.malformed, r.unscorable, seconds, r.cascade)

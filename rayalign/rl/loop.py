@@ -65,6 +65,7 @@ from rayalign.rl.reward import (
 from rayalign.rollout.engine import sampling_settings
 from rayalign.training import (
     Progress,
+    StepReporter,
     TrainingJob,
     checkpoint_if_due,
     due,
@@ -383,7 +384,7 @@ def rl_loop(config: dict) -> None:
     if rank == 0:
         client = connect_judge(job.cfg.judge.timeout_s, job.cfg.judge.timeout_retries)
         rollouts = _Rollouts(job, client, ray.get(job.prompts))
-    progress = _Progress(state.step)
+    progress, reporter = _Progress(state.step), StepReporter(config, rank)
     try:
         with rank0_tracker(job, rank) as tracker:
             for step in range(state.step, job.total_steps):
@@ -402,6 +403,7 @@ def rl_loop(config: dict) -> None:
                 )
                 if rank == 0:
                     _log_step(tracker, progress, prepared, stats, state, timings | prepared.timings, staleness, r)
+                    reporter.step(state.step, job.total_steps, {"reward": progress.rewards[-1], "KL": stats.kl})
                 progress.items += len(experiences)
                 progress.seconds += timings["step"]
                 checkpoint_if_due(job, learner, tokenizer, state, rank, tracker, progress)

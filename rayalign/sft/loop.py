@@ -43,6 +43,7 @@ from rayalign.sft.data import (
 )
 from rayalign.training import (
     Progress,
+    StepReporter,
     TrainingJob,
     checkpoint_if_due,
     due,
@@ -222,7 +223,7 @@ def train_loop(config: dict) -> None:
     fresh = TrainState(0, 0, job.fingerprint, world_size, job.steps_per_epoch)
     state = restore(learner, job, rank, world_size, fresh)
     tokenizer = load_tokenizer(job.model_path) if rank == 0 else None
-    progress = _Progress(state.step)
+    progress, reporter = _Progress(state.step), StepReporter(config, rank)
     with rank0_tracker(job, rank) as tracker:
         tracker.summary({f"sft/data_{k}": v for k, v in asdict(job.data).items()})
         for step in range(state.step, job.total_steps):
@@ -232,6 +233,7 @@ def train_loop(config: dict) -> None:
                 stats = _step(learner, rows, job, step, rank, world_size, lr, ctx_scale)
             state = dataclasses.replace(state, step=step + 1, tokens_seen=state.tokens_seen + stats.tokens)
             progress.add(stats, timings["step"])
+            reporter.step(state.step, job.total_steps, {"loss": stats.loss, "tok/s": stats.tokens / timings["step"]})
             if due(state.step, s.log_every, job.total_steps):
                 tracker.log(_metrics(lr, stats, state, timings["step"]), step=state.step)
             checkpoint_if_due(job, learner, tokenizer, state, rank, tracker, progress)

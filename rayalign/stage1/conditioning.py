@@ -125,6 +125,7 @@ _PREFIX_PLACEHOLDERS = frozenset({"think_open", "title", "category", "rules", "s
 _STEER_PLACEHOLDERS: Placeholders = {
     MAIN: (frozenset({"behavior_phrase"}), frozenset({"behavior_phrase"})),
     **{b: (_PREFIX_PLACEHOLDERS, frozenset({"think_open", "rules", "style"})) for b in BEHAVIORS},
+    "refusal": (frozenset({"title", "category"}), frozenset()),
 }
 
 
@@ -136,6 +137,8 @@ class SteerTemplates:
     refuse: str
     comply: str
     safe_complete: str
+    refusal: str
+    """The refusal the spec's style rules prescribe (``generate.refusals: spec``)."""
     hash: str
 
     def prefix(self, behavior: Behavior) -> str:
@@ -146,11 +149,13 @@ def load_steer_templates(spec_dir: str | Path) -> SteerTemplates:
     """Read and check ``<spec_dir>/templates/steer.md`` (errors name the file and line)."""
     path = template_dir(spec_dir) / STEER_FILE
     raw, text = read_template(path, PromptTemplateError, "steering")
-    parts = split_sections(text, str(path), (MAIN, *BEHAVIORS), PromptTemplateError)
+    parts = split_sections(text, str(path), (MAIN, *BEHAVIORS, "refusal"), PromptTemplateError)
     for part, (first_line, body) in parts.items():
         check_placeholders(body, first_line, str(path), part, _STEER_PLACEHOLDERS, PromptTemplateError)
     bodies = {name: body.strip() for name, (_, body) in parts.items()}
-    return SteerTemplates(bodies[MAIN], bodies["refuse"], bodies["comply"], bodies["safe_complete"], content_hash(raw))
+    return SteerTemplates(
+        bodies[MAIN], bodies["refuse"], bodies["comply"], bodies["safe_complete"], bodies["refusal"], content_hash(raw)
+    )
 
 
 def steer_rules(spec: Spec, category: str, behavior: Behavior) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -227,3 +232,43 @@ def conditioned_prompt(
             prefill += THINK_CLOSE + "\n"
         out = replace(out, prefill=prefill)
     return out
+
+
+@dataclass(frozen=True)
+class Conditioned:
+    """How one stage-1 prompt is answered: what the sampler sees and what the completion starts with."""
+
+    sampled: Prompt | None
+    """The prompt the generator samples, or None when the whole completion is rendered from the spec."""
+    head: str
+    """Completion text before the generator's output: its prefill, or a reasoning it never saw (plain)."""
+    rendered: str = ""
+    """A whole completion rendered from the spec (``generate.refusals: spec``), when ``sampled`` is None."""
+
+
+def condition(
+    spec: Spec, templates: GenerationTemplates, steer: SteerTemplates | None, g, prompt: Prompt
+) -> Conditioned:
+    """Stage-1 conditioning of one prompt under the ``generate`` config section ``g``.
+
+    By default (and for a prompt without a label) the generator samples
+    :func:`conditioned_prompt` and the completion is its prefill + output. With
+    ``g.close_reasoning`` a labelled prompt's reasoning is the spec-rendered
+    opening; ``answer_context: plain`` samples the bare conversation and puts
+    that reasoning in front of the answer; ``refusals: spec`` renders a
+    refuse-labelled prompt's whole completion (reasoning + the spec's refusal).
+    """
+    labelled = steer is not None and prompt.expected is not None and prompt.category is not None
+    if not (labelled and g.close_reasoning):
+        sampled = conditioned_prompt(spec, templates, steer, g.steer, prompt, close_reasoning=g.close_reasoning)
+        return Conditioned(sampled, sampled.prefill)
+    reasoning = steer_prefix(spec, steer, prompt) + THINK_CLOSE + "\n"
+    if g.refusals == "spec" and prompt.expected == "refuse":
+        refusal = Template(steer.refusal).substitute(
+            title=spec.category(prompt.category).title, category=prompt.category
+        )
+        return Conditioned(None, "", reasoning + refusal.strip())
+    if g.answer_context == "plain":
+        return Conditioned(prompt, reasoning)
+    sampled = conditioned_prompt(spec, templates, steer, g.steer, prompt, close_reasoning=True)
+    return Conditioned(sampled, sampled.prefill)

@@ -36,6 +36,8 @@ class Provenance:
     model: str
     spec_hash: str
     generation_template_hash: str
+    spec_category_hash: str = ""
+    """Hash of the prompt's spec(category): set per prompt (see ``specdiff.category_hash``)."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,11 @@ class Decision:
     """Distinct reasons the judge gave for unscorable verdicts (first 200 characters)."""
     cascade: int = 0
     """Candidates the judge cascade decided (behaviour mismatch) without a judge call."""
+    spec_category_hash: str = ""
+    """Hash of the spec(category) the prompt was generated and judged with; a re-run after a
+    spec change regenerates the prompt when it differs (empty in older files: regenerated)."""
+    generation_template_hash: str = ""
+    """The generation (+ steering) template hash it was generated with; regenerated when it differs."""
 
 
 def select(
@@ -95,6 +102,8 @@ def select(
         best_score=ranked[0].verdict.score if ranked else None,
         notes=tuple(sorted({c.verdict.explanation[:200] for c in judged if c.verdict.status != "ok"})),
         cascade=sum(c.verdict.decided_by == "cascade" for c in judged),
+        spec_category_hash=provenance.spec_category_hash,
+        generation_template_hash=provenance.generation_template_hash,
     )
 
 
@@ -123,6 +132,7 @@ def _example(prompt: Prompt, c: Candidate, p: Provenance) -> SFTExample:
         template_hash=c.verdict.template_hash,
         generation_template_hash=p.generation_template_hash,
         rules=c.verdict.rules,
+        spec_category_hash=p.spec_category_hash,
     )
 
 

@@ -79,3 +79,24 @@ def test_cluster_check_validates_and_fits_the_gpu_config(repo):
     result = rayalign("cluster", "check", "cluster/aws.yaml", "--config", "configs/gpu-8x-h100.yaml", cwd=repo)
     assert result.returncode == 0, result.stderr
     assert "judge: 2, learner: 8, rollout: 2" in result.stdout
+
+
+def test_run_refuses_unknown_stages_and_stage_override_typos_before_ray_starts(repo):
+    start = time.perf_counter()
+    result = rayalign("run", "configs/quickstart.yaml", "--stages", "generate,train", cwd=repo)
+    assert result.returncode == 2 and "unknown stage train; stages: generate,sft,rl,eval" in result.stderr
+    result = rayalign("run", "configs/quickstart.yaml", "--rl:judge.kk=1", cwd=repo)
+    assert result.returncode == 2 and "judge.kk: unknown key; did you mean 'k'?" in result.stderr
+    assert time.perf_counter() - start < 20  # no Ray, no model loading
+
+
+def test_a_config_on_the_builtin_spec_validates_from_any_directory(repo, tmp_path):
+    shutil.copy(repo / "configs/quickstart.yaml", tmp_path / "quickstart.yaml")
+    result = rayalign("config", "validate", "quickstart.yaml", cwd=tmp_path)  # no specs/ next to it
+    assert result.returncode == 0, result.stderr
+    assert "spec rayalign-default sha256:" in result.stdout
+
+
+def test_eval_offers_string_match_only_scoring(repo):
+    result = rayalign("eval", "--help", cwd=repo)
+    assert result.returncode == 0 and "--judge {config,none}" in result.stdout

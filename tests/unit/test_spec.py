@@ -127,3 +127,40 @@ def test_unknown_key_and_yaml_syntax(small):
 def test_missing_directory(tmp_path):
     with pytest.raises(SpecError, match="no spec.yaml"):
         load_spec(tmp_path)
+
+
+def test_rules_know_their_file_and_line_and_the_hash_ignores_them(small):
+    spec = load_spec(small)
+    rule = spec.categories[0].rules[0]
+    lines = (small / rule.file).read_text().split("\n")
+    assert rule.file == f"categories/{spec.categories[0].id}.yaml" and f"id: {rule.id}" in lines[rule.line - 1]
+    principle, style = spec.principles[0], spec.style[0]
+    assert principle.file == style.file == "spec.yaml"
+    manifest = (small / "spec.yaml").read_text().split("\n")
+    assert f"id: {principle.id}" in manifest[principle.line - 1] and f"id: {style.id}" in manifest[style.line - 1]
+    category = spec.categories[0]
+    assert (small / category.file).read_text().split("\n")[category.summary_line - 1].startswith("summary:")
+    # Lines moved by a comment: positions follow, content and hash do not change.
+    path = small / rule.file
+    path.write_text("# a comment\n\n" + path.read_text())
+    moved = load_spec(small)
+    assert moved.hash == spec.hash and moved.categories[0].rules[0].line == rule.line + 2
+    assert moved.categories[0].rules[0] == rule  # positions are not compared
+
+
+def test_hash_is_computed_as_before_positions_existed(repo):
+    """The hash is sha256 over asdict(spec) without the hash: the value already recorded in every
+    stage-1 row and verdict. Positions are left out, so those records stay valid."""
+    import dataclasses
+    import hashlib
+    import json
+
+    def without_positions(value):
+        if isinstance(value, dict):
+            return {k: without_positions(v) for k, v in value.items() if k not in ("file", "line", "summary_line")}
+        return [without_positions(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+    spec = load_spec(repo / "specs")
+    body = without_positions(dataclasses.asdict(spec))
+    body.pop("hash")
+    assert spec.hash == "sha256:" + hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]

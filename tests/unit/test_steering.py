@@ -121,3 +121,44 @@ def test_a_closed_reasoning_leaves_only_the_answer_to_write(spec, templates):
     # an unlabelled prompt has no reasoning to close: it gets the open think tag only
     unlabelled = conditioned_prompt(spec, gen, steer, "prefix", _prompt(expected=None), close_reasoning=True)
     assert unlabelled.prefill == THINK_OPEN + "\n"
+
+
+def _g(**kw):
+    from rayalign.config_tree import GenerateConfig
+
+    return GenerateConfig(**{"steer": "both", **kw})
+
+
+def test_condition_follows_the_paper_by_default(spec, templates):
+    from rayalign.stage1.conditioning import condition
+
+    gen, steer = templates
+    c = condition(spec, gen, None, _g(steer="none"), _prompt())
+    assert c.sampled.messages[0].content.startswith(render_for(spec, "privacy")) and c.head == "" and not c.rendered
+    c = condition(spec, gen, steer, _g(), _prompt())
+    assert c.head == c.sampled.prefill and c.head.startswith(THINK_OPEN)
+
+
+def test_a_plain_answer_sees_only_the_conversation_and_keeps_the_spec_reasoning(spec, templates):
+    from rayalign.stage1.conditioning import condition
+
+    gen, steer = templates
+    c = condition(spec, gen, steer, _g(close_reasoning=True, answer_context="plain"), _prompt(expected="comply"))
+    assert c.sampled == _prompt(expected="comply")  # no spec, no instruction, no reasoning in view
+    full = split_completion(c.head + "Here is what the law says.")
+    assert full.malformed is None and "privacy.A1" in full.reasoning and full.answer == "Here is what the law says."
+
+
+def test_a_spec_refusal_is_rendered_not_sampled(spec, templates):
+    from rayalign.stage1.conditioning import condition
+
+    gen, steer = templates
+    g = _g(close_reasoning=True, answer_context="plain", refusals="spec")
+    c = condition(spec, gen, steer, g, _prompt(expected="refuse"))
+    assert c.sampled is None
+    full = split_completion(c.rendered)
+    assert full.answer == "I'm sorry, but I can't help with that." and "privacy.D1" in full.reasoning
+    assert set(RULE_ID.findall(full.reasoning)) <= spec.rule_ids()
+    # a comply-labelled or unlabelled prompt is still answered by the generator
+    assert condition(spec, gen, steer, g, _prompt(expected="comply")).sampled is not None
+    assert condition(spec, gen, steer, g, _prompt(expected=None)).sampled is not None

@@ -31,6 +31,8 @@ PURE = [
 VLLM_ONLY_IN = {"rayalign.rollout.vllm_backend"}
 SERVE_ONLY_IN = {"rayalign.judge.service", "rayalign.judge.client"}
 DRIVERS = {"rayalign.stage1.generate", "rayalign.sft.train", "rayalign.rl.train", "rayalign.eval.run"}
+DRIVER_IMPORTERS = {"rayalign.cli", "rayalign.pipeline"}
+"""The CLI and `rayalign run` (which only the CLI imports)."""
 
 
 def _module_name(path: Path) -> str:
@@ -153,7 +155,8 @@ def test_the_import_graph_is_read():
     targets = {(i.module, i.target) for i in IMPORTS}
     assert ("rayalign.rollout.vllm_backend", "vllm") in targets
     assert ("rayalign.config", "rayalign.config_tree") in targets
-    assert any(m == "rayalign.cli" and t in DRIVERS for m, t in targets)
+    assert any(m in DRIVER_IMPORTERS and t in DRIVERS for m, t in targets)
+    assert ("rayalign.cli", "rayalign.pipeline") in targets
 
 
 @pytest.mark.parametrize("module", PURE)
@@ -182,8 +185,13 @@ def test_nothing_imports_the_cli():
 
 
 def test_no_stage_imports_another_stages_driver():
-    bad = [i for i in IMPORTS if i.target in DRIVERS and i.module != "rayalign.cli"]
-    assert not bad, f"stage drivers are imported by rayalign.cli only:\n{_listing(bad)}"
+    bad = [i for i in IMPORTS if i.target in DRIVERS and i.module not in DRIVER_IMPORTERS]
+    assert not bad, f"stage drivers are imported by rayalign.cli and rayalign.pipeline only:\n{_listing(bad)}"
+
+
+def test_only_the_cli_imports_the_pipeline():
+    bad = [i for i in IMPORTS if _is(i.target, "rayalign.pipeline") and i.module != "rayalign.cli"]
+    assert not bad, f"rayalign.pipeline calls every stage driver; only rayalign.cli may import it:\n{_listing(bad)}"
 
 
 def _cycles() -> list[list[Import]]:
