@@ -27,6 +27,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import ray
+
 from rayalign.cluster import init_ray
 from rayalign.datafiles import jsonl_lines, read_records, read_text, write_atomic, write_records
 from rayalign.errors import ConfigError
@@ -262,7 +264,7 @@ def _run_shards(cfg, spec: Spec, conditioning: _Conditioning, todo: list[_ShardW
         fn_kwargs={"settings": filter_settings},
         batch_size=1,
         num_cpus=0,
-        concurrency=1,
+        compute=ray.data.TaskPoolStrategy(size=1),
     )
     _log_shards(cfg, ds.iter_rows(), log, total=len(todo))
 
