@@ -50,7 +50,7 @@ quickstart: install
 # base, base + spec in context, SFT and RL on prompts none of them trained on.
 RECIPE ?= configs/recipe-cpu.yaml
 RECIPE_RUN ?= runs/recipe
-EVAL_LIMIT ?= 40
+EVAL_LIMIT ?= 30
 recipe: install
 	mkdir -p $(RECIPE_RUN) && date +%s > $(RECIPE_RUN)/.started
 	$(VENV)/bin/rayalign config validate $(RECIPE)
