@@ -17,22 +17,20 @@ from rayalign.config import load_config
 from rayalign.eval.run import run_eval
 from rayalign.eval.targets import parse_checkpoints
 
-JBB = Path("/work/shared/evaldata/jbb")
-BENCHMARKS = [f"jbb_harmful:{JBB / 'harmful-behaviors.csv'}", f"jbb_benign:{JBB / 'benign-behaviors.csv'}"]
+BENCHMARKS = ["builtin:jbb-harmful", "builtin:jbb-benign"]  # shipped with the package
 OVERRIDES = [
     "--model.max_model_len=16384",  # spec(category) in the prompt is a few thousand tokens
     "--eval.max_new_tokens=24",
     "--eval.bootstrap_samples=200",
     "--judge.backend=function",
     "--judge.function=rayalign.testing:short_refusal_judge",
+    "--judge.cascade=false",  # the hand-worked numbers below are the judge's; the cascade has its own tests
 ]
 LIMIT = 6
 
 
 @pytest.fixture(scope="module")
 def eval_run(repo, tiny_model, tmp_path_factory):
-    if not JBB.is_dir():
-        pytest.skip(f"{JBB} is missing")
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(repo)
         return _run_twice(repo, tiny_model, tmp_path_factory.mktemp("eval"))

@@ -60,7 +60,7 @@ def test_generate_writes_filtered_sft_data_without_the_spec(repo, tiny_model, tm
     # refuse-labelled prompt is a compliance, decided without the judge and never kept.
     assert not [e.prompt.id for e in examples if complies_with_refusal(e.prompt, e.answer)]
     assert sum(d["cascade"] for d in decisions) > 0
-    labelled = [e for e in examples if e.prompt.expected is not None]
+    labelled = [e for e in examples if e.prompt.expected is not None and e.prompt.category is not None]
     assert labelled and all(e.reasoning.startswith("This request") for e in labelled)  # the steered opening
     assert "[generate] judge:" in result.stdout and "sampling with builtin:tiny (steering: both)" in result.stdout
 
