@@ -29,7 +29,11 @@ from rayalign.judge.service import free_port
 from rayalign.models import cache_dir
 
 VENV_BIN = Path(sys.executable).parent
-FUNCTION_JUDGE = ["--judge.backend=function", "--judge.function=rayalign.testing:short_refusal_judge"]
+FUNCTION_JUDGE = [
+    "--judge.backend=function",
+    "--judge.function=rayalign.testing:short_refusal_judge",
+    "--judge.cascade=false",  # the expected scores are the function judge's own
+]
 # Two answers to one disallowed request; short_refusal_judge scores them
 # 10 x (1 - 30/400) = 9.25 (a refusal, 30 characters) and
 # 2 x (1 - 19/400) = 1.905 (compliance, 19 characters).
@@ -264,8 +268,11 @@ def test_submitted_judge_score_succeeds_with_verdicts(judge_score_job):
 
 
 def test_the_job_joined_the_submitted_cluster(judge_score_job):
-    # --cluster.address=auto, not a private Ray: the judge app now lives on the head's Serve.
-    assert "rayalign-judge" in judge_score_job.serve_apps, judge_score_job.logs[-3000:]
+    # --cluster.address=auto, not a private Ray: it joined the head's cluster, deployed the judge on the
+    # head's Serve, and deleted its app when done (a stage leaves no judge behind).
+    logs = judge_score_job.logs
+    assert "Connected to Ray cluster" in logs and "[ray] up (auto)" in logs, logs[-3000:]
+    assert "rayalign-judge" not in judge_score_job.serve_apps
 
 
 def test_working_dir_upload_leaves_out_the_venv(judge_score_job, job_head):
@@ -276,6 +283,8 @@ def test_working_dir_upload_leaves_out_the_venv(judge_score_job, job_head):
     assert len(packages) == 1, packages
     shipped = {p.name for p in packages[0].iterdir()}
     assert {"rayalign", "configs", "specs", "pyproject.toml"} <= shipped
-    assert not shipped & set(EXCLUDES)
+    # runs/ appears only because the job itself wrote its log links there, in its working directory
+    written = {p.relative_to(packages[0]).as_posix() for p in (packages[0] / "runs").rglob("*") if p.is_file()}
+    assert not shipped & (set(EXCLUDES) - {"runs"}) and all("/logs/" in w for w in written), written
     size = sum(f.stat().st_size for f in packages[0].rglob("*") if f.is_file())
     assert size < 20 << 20, f"working dir shipped {size / 2**20:.1f} MiB"

@@ -168,6 +168,9 @@ def test_losses_add_subtract_and_warn_loudly_above_the_threshold():
 def test_routing_retry_chatter_goes_to_a_file_not_the_console(tmp_path, caplog):
     serve_logger = logging.getLogger("ray.serve")
     path = str(tmp_path / "routing.log")
+    earlier = list(serve_logger.filters)  # a handle client earlier in this process installed its own
+    for f in earlier:
+        serve_logger.removeFilter(f)
     try:
         assert quiet_routing_retries(path) == path
         assert quiet_routing_retries(str(tmp_path / "other.log")) == path  # once per process
@@ -180,6 +183,8 @@ def test_routing_retry_chatter_goes_to_a_file_not_the_console(tmp_path, caplog):
         for f in list(serve_logger.filters):
             serve_logger.removeFilter(f)
             f.file.close()
+        for f in earlier:
+            serve_logger.addFilter(f)
 
 
 @pytest.mark.parametrize("bad", [{}, {"url": "http://x", "transport": object()}])
