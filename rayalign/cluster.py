@@ -38,9 +38,10 @@ VERBOSE_ENV = "RAYALIGN_VERBOSE"
 """``1``: Ray's default console (every worker's output); the CLI's ``-v/--verbose`` sets it."""
 DRIVER_LOGGERS = ("ray", "ray.data", "ray.serve", "ray.train", "ray.tune", "deepspeed", "DeepSpeed", "wandb")
 """Third-party loggers of the driver process whose INFO goes to ``driver.log`` instead of the console."""
-CONSOLE_FLOOR = {"ray.serve": logging.ERROR}
+CONSOLE_FLOOR = {"ray.serve": logging.ERROR, "ray.data": logging.ERROR}
 """Quiet mode's console threshold per logger (default WARNING). Serve's driver-side warnings are about
-itself (a later stage's HTTP options ignored by the running Serve); the judge client counts lost verdicts."""
+itself (a later stage's HTTP options ignored by the running Serve); the judge client counts lost verdicts.
+Ray Data's are about its own progress bars and execution plans, which the stage's progress line replaces."""
 DRIVER_LOG = "driver.log"
 
 
@@ -138,6 +139,8 @@ def _quiet_driver(log_dir: Path | None, session_dir: str | None) -> str:
         link = log_dir / Path(session_dir).name
         if not link.exists():
             link.symlink_to(logs.resolve(), target_is_directory=True)
+    import ray.data  # noqa: F401  (Ray Data sets its console handler up on import: filter that one too)
+
     file = logging.FileHandler(log_dir / DRIVER_LOG, delay=True)
     file.setLevel(logging.INFO)
     file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s -- %(message)s"))

@@ -89,6 +89,10 @@ class GenerateConfig:
     """Where a refuse-labelled prompt's answer comes from: the generator, or the refusal the spec's style rules
     prescribe (the refusal section of specs/templates/steer.md; provenance spec:refusal) for generators that
     cannot write one. Needs close_reasoning."""
+    trim_cut_answers: bool = False
+    """An answer cut by rollout.max_new_tokens after a closed reasoning is ended at its last complete sentence or
+    paragraph and judged, instead of dropped as malformed (truncated). For generators that ramble past any length
+    (measured: 12 of 14 SmolLM2-135M answers cut at 320 tokens); the filter report counts them."""
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import dataclasses
 import json
 import types
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
 T = TypeVar("T")
@@ -97,6 +97,8 @@ class Completion:
     answer: str
     malformed: str | None = None
     """None when well-formed, else why not (e.g. no_answer, truncated)."""
+    trimmed: bool = field(default=False, repr=False)
+    """The length limit cut the answer; it was ended at its last complete sentence (generate.trim_cut_answers)."""
 
 
 VerdictStatus = Literal["ok", "unscorable"]

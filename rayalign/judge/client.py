@@ -6,8 +6,10 @@ backoff on overload and lost replicas, and turn a timeout into an
 unscorable verdict, so a training step never hangs on the judge.
 
 Capacity-aware dispatch: the client asks the service what it works on at
-once (``GET /v1/capacity``: running replicas x max_batch_size) and keeps no
-more than that in flight; the rest wait on the client's side. So
+once (``GET /v1/capacity``: running replicas x max_batch_size) and what its
+own share of that is among the callers asking now, keeps no more than its
+share in flight (the rest wait on the client's side), and says when it is
+done. So
 ``timeout_s`` is a deadline on a verdict's own work,
 not on the queue ahead of it, and a verdict that misses it is asked once more
 (``timeout_retries``) before it comes back unscorable. :meth:`JudgeClient.losses`
@@ -24,6 +26,7 @@ import logging
 import os
 import random
 import tempfile
+import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -58,11 +61,16 @@ class JudgeCapacity:
     """Replicas running now; autoscaling changes it."""
     max_batch_size: int
     """Requests one replica scores in one batch."""
-    refresh_s: float = 10.0
+    refresh_s: float = 2.0
     """How often a client asks again."""
+    callers: int = 1
+    """Callers sharing the service now (those that asked within the last few refreshes)."""
+    share: int = 0
+    """Requests the asking caller may keep in flight: its part of ``replicas x max_batch_size`` (0: all of it)."""
 
     def in_flight_limit(self, headroom: int = 0) -> int:
-        """Requests a client keeps in flight: one batch per replica, plus ``headroom`` waiting per replica.
+        """Requests a client keeps in flight: its share of one batch per replica, plus ``headroom`` waiting
+        per replica.
 
         No headroom by default: ``serve.batch`` forms the next batch while the current one runs, so a
         request waiting alone becomes a batch of one and the ones after it wait a batch longer (measured:
@@ -70,8 +78,10 @@ class JudgeCapacity:
 
         >>> JudgeCapacity(replicas=2, max_batch_size=8).in_flight_limit()
         16
+        >>> JudgeCapacity(replicas=2, max_batch_size=8, callers=3, share=6).in_flight_limit()
+        6
         """
-        return self.replicas * (self.max_batch_size + headroom)
+        return (self.share or self.replicas * self.max_batch_size) + self.replicas * headroom
 
 
 TIMEOUT, UNPARSEABLE, BACKEND_FAILED, SERVICE_FAILED, OTHER = (
@@ -214,8 +224,11 @@ class JudgeTransport(Protocol):
     async def send(self, call: JudgeCall, item):
         """The service's answer to one item; raises ``_Retryable`` on overload or a lost replica."""
 
-    async def capacity(self) -> JudgeCapacity:
-        """What the service works on at once."""
+    async def capacity(self, caller: str) -> JudgeCapacity:
+        """What the service works on at once, and ``caller``'s share of it (registers ``caller``)."""
+
+    async def leave(self, caller: str) -> None:
+        """``caller`` has nothing more in flight."""
 
 
 class JudgeClient:
@@ -249,6 +262,9 @@ class JudgeClient:
         """Requests sent, retries included (for logs and tests)."""
         self._results: collections.Counter[str] = collections.Counter()
         self._retried = 0
+        self.caller = uuid.uuid4().hex[:12]
+        """This client's id in the service's book of callers (one share per client, however many calls)."""
+        self._calls = 0
         # Handle calls are routed in this process: keep Serve's routing-retry chatter off the console.
         self.routing_log = quiet_routing_retries() if handle is not None else ""
 
@@ -273,12 +289,17 @@ class JudgeClient:
         if not items:
             return []
         async with self._connect() as transport:
+            self._calls += 1
             gate = CapacityGate(await self._limit(transport))
             keeper = asyncio.create_task(self._keep_limit(transport, gate))
             try:
                 return list(await asyncio.gather(*(self._one(transport, gate, call, x) for x in items)))
             finally:
                 keeper.cancel()
+                self._calls -= 1
+                if not self._calls:  # its share goes to the other callers now, not when it expires
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(transport.leave(self.caller), CAPACITY_ASK_TIMEOUT_S)
 
     @asynccontextmanager
     async def _connect(self) -> AsyncIterator[JudgeTransport]:
@@ -297,7 +318,7 @@ class JudgeClient:
     async def _limit(self, transport: JudgeTransport) -> int:
         """Requests to keep in flight: the service's capacity, capped by ``concurrency``."""
         with contextlib.suppress(Exception):  # a service that cannot say keeps the last answer (or concurrency)
-            self.capacity = await asyncio.wait_for(transport.capacity(), CAPACITY_ASK_TIMEOUT_S)
+            self.capacity = await asyncio.wait_for(transport.capacity(self.caller), CAPACITY_ASK_TIMEOUT_S)
         if self.capacity is None:
             return self.concurrency
         return min(self.concurrency, self.capacity.in_flight_limit(self.headroom))
@@ -355,10 +376,13 @@ class _HttpTransport:
             raise JudgeRequestError(f"judge service answered {response.status_code}: {response.text[:500]}")
         return from_dict(call.result, response.json())
 
-    async def capacity(self) -> JudgeCapacity:
-        response = await self.http.get(f"{self.url}/v1/capacity", headers=self.headers)
+    async def capacity(self, caller: str) -> JudgeCapacity:
+        response = await self.http.get(f"{self.url}/v1/capacity", params={"caller": caller}, headers=self.headers)
         response.raise_for_status()
         return from_dict(JudgeCapacity, response.json())
+
+    async def leave(self, caller: str) -> None:
+        await self.http.delete(f"{self.url}/v1/capacity", params={"caller": caller}, headers=self.headers)
 
 
 class _HandleTransport:
@@ -380,8 +404,11 @@ class _HandleTransport:
         except (RayActorError, BackPressureError) as e:
             raise _Retryable(f"{type(e).__name__}: {e}") from e
 
-    async def capacity(self) -> JudgeCapacity:
-        return await self.handle.capacity.remote()
+    async def capacity(self, caller: str) -> JudgeCapacity:
+        return await self.handle.capacity.remote(caller)
+
+    async def leave(self, caller: str) -> None:
+        await self.handle.leave.remote(caller)
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,14 @@
 """The judge as a reward service on Ray Serve.
 
-One deployment, ``JudgeService``: a FastAPI ingress (``POST /v1/judge``,
-``GET /v1/stats``, ``GET /v1/capacity``, OpenAPI at ``/docs``) over a replica
-that owns the judge backend. Requests, whether over HTTP or a
-``DeploymentHandle``, go through ``@serve.batch``, so concurrent callers share
-one model call. A late verdict comes back *unscorable*, not as a hung request;
-a full queue answers 503. ``/v1/capacity`` (running replicas x batch size)
-tells clients how many requests to keep in flight. A request whose caller gave
+``JudgeService``: a FastAPI ingress (``POST /v1/judge``, ``GET /v1/stats``,
+``GET /v1/capacity``, OpenAPI at ``/docs``) over a replica that owns the judge
+backend. Requests, whether over HTTP or a ``DeploymentHandle``, go through
+``@serve.batch``, so concurrent callers share one model call. A late verdict
+comes back *unscorable*, not as a hung request; a full queue answers 503.
+``/v1/capacity?caller=ID`` tells a client how many requests to keep in flight:
+its share of running replicas x batch size among the callers asking now, kept
+by one small ``JudgeAdmission`` deployment (:mod:`rayalign.judge.admission`)
+for every replica. A request whose caller gave
 up (a timeout, a cancelled handle call, a closed HTTP connection) leaves the
 batch queue uncomputed; ``/v1/stats`` counts it as dropped.
 With ``judge.cascade`` on, each batch passes the behaviour check of
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -27,6 +30,7 @@ from dataclasses import dataclass, field
 from fastapi import FastAPI, Header, HTTPException
 from ray import serve
 
+from rayalign.judge.admission import AdmissionBook
 from rayalign.judge.backends import FunctionJudge, JudgeBackend, LocalJudge
 from rayalign.judge.cascade import score_with_cascade
 from rayalign.judge.classify import (
@@ -43,8 +47,12 @@ from rayalign.spec import load_spec
 from rayalign.types import Classification, JudgeRequest, Prompt, Verdict
 
 APP_NAME = "rayalign-judge"
-CAPACITY_REFRESH_S = 10.0
-"""How often clients re-ask ``/v1/capacity``; a replica reads the running replica count at most twice as often."""
+CAPACITY_REFRESH_S = 2.0
+"""How often a client asks for its share again: a newcomer's share reaches the others within this."""
+REPLICAS_READ_S = 5.0
+"""How often a replica asks the Serve controller how many replicas run (a blocking call)."""
+CAPACITY_EXPIRE_S = 5 * CAPACITY_REFRESH_S
+"""A caller that has not asked for this long has left (it finished without saying so, or died)."""
 
 
 @dataclass(frozen=True)
@@ -151,14 +159,30 @@ def running_replicas(default: int = 1) -> int:
         return default
 
 
+@serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0})
+class JudgeAdmission:
+    """The one book of the service's callers and their shares (every judge replica asks here)."""
+
+    def __init__(self, expire_s: float):
+        self.book = AdmissionBook(expire_s)
+
+    def share(self, caller: str, capacity: int) -> tuple[int, int]:
+        return self.book.share(caller, capacity, time.monotonic())
+
+    def leave(self, caller: str) -> None:
+        self.book.leave(caller)
+
+
 app = FastAPI(title="rayalign judge", description="Spec-aware judge: scores an answer against the safety spec.")
 
 
 @serve.deployment
 @serve.ingress(app)
 class JudgeService:
-    def __init__(self, settings: JudgeSettings):
+    def __init__(self, settings: JudgeSettings, admission=None):
         self.settings = settings
+        self.admission = admission
+        """Handle of the service's JudgeAdmission (None: every caller gets the whole capacity)."""
         self.spec = load_spec(settings.spec_path)
         self.templates = load_templates(settings.spec_path)
         self.backend = build_judge_backend(settings, self.spec)
@@ -285,12 +309,25 @@ class JudgeService:
         )
 
     @app.get("/v1/capacity", response_model=JudgeCapacity)
-    async def capacity(self) -> JudgeCapacity:
-        """What the service works on at once: clients keep about this many requests in flight."""
-        if time.monotonic() - self.replicas_read_at > CAPACITY_REFRESH_S / 2:
+    async def capacity(self, caller: str = "") -> JudgeCapacity:
+        """What the service works on at once, and ``caller``'s share of it (asked again every ``refresh_s``)."""
+        if time.monotonic() - self.replicas_read_at > REPLICAS_READ_S:
             self.replicas = await asyncio.to_thread(running_replicas, self.replicas)  # a controller call: blocks
             self.replicas_read_at = time.monotonic()
-        return JudgeCapacity(self.replicas, self.settings.max_batch_size, CAPACITY_REFRESH_S)
+        total = self.replicas * self.settings.max_batch_size
+        share, callers = total, 1
+        if caller and self.admission is not None:
+            with contextlib.suppress(Exception):  # a lost admission replica: the caller keeps the whole capacity
+                share, callers = await self.admission.share.remote(caller, total)
+        return JudgeCapacity(self.replicas, self.settings.max_batch_size, CAPACITY_REFRESH_S, callers, share)
+
+    @app.delete("/v1/capacity")
+    async def leave(self, caller: str) -> dict:
+        """``caller`` is done: its share goes to the other callers at their next ask."""
+        if self.admission is not None:
+            with contextlib.suppress(Exception):
+                await self.admission.leave.remote(caller)
+        return {"left": caller}
 
     def _check_auth(self, authorization: str | None) -> None:
         if self.token and authorization != f"Bearer {self.token}":
@@ -328,7 +365,7 @@ def judge_app(cfg, settings: JudgeSettings | None = None):
         max_ongoing_requests=2 * j.max_batch_size,  # lets a batch fill while the last one runs
         max_queued_requests=j.max_queued_requests,
         **scaling,
-    ).bind(settings)
+    ).bind(settings, JudgeAdmission.bind(CAPACITY_EXPIRE_S))
 
 
 @dataclass(frozen=True)
@@ -369,9 +406,8 @@ def judge_session(cfg, settings: JudgeSettings | None = None, *, port: int = 0) 
 def connect_judge(timeout_s: float, timeout_retries: int = 1) -> JudgeClient:
     """A client for the judge that a driver's :func:`judge_session` started (from any worker).
 
-    Each client keeps the service's whole capacity in flight: run one judging client at a time per
-    service (e.g. one judge task at a time in a Ray Data pipeline), or their requests queue at the
-    router and the per-verdict deadline measures that queue again.
+    Clients that run at once share the service's capacity (each asks for its share), so any number
+    of workers may judge concurrently without their deadlines measuring each other's queue.
     """
     return JudgeClient(handle=serve.get_app_handle(APP_NAME), timeout_s=timeout_s, timeout_retries=timeout_retries)
 

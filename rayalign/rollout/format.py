@@ -12,6 +12,8 @@ malformed with the reason, so the filter can drop it and RL can penalise it.
 
 from __future__ import annotations
 
+import re
+
 from rayalign.types import Completion, FinishReason
 
 THINK_OPEN = "<think>"
@@ -79,6 +81,23 @@ def _best_effort(body: str) -> tuple[str, str]:
         inner, answer = body.split(THINK_CLOSE, 1)
         return inner.replace(THINK_OPEN, "").strip(), answer.strip()
     return body.replace(THINK_OPEN, "").strip(), ""
+
+
+def trim_cut_answer(answer: str, *, min_chars: int = 80) -> str | None:
+    """An answer the token limit cut mid-way, ended where its last complete sentence or paragraph ends;
+    None when less than ``min_chars`` would be left.
+
+    >>> trim_cut_answer("First point, in full.\\n\\nSecond point, also whole. Third poi", min_chars=10)
+    'First point, in full.\\n\\nSecond point, also whole.'
+    >>> trim_cut_answer("A heading\\n\\n- an item\\n- another it", min_chars=5)
+    'A heading'
+    >>> trim_cut_answer("Too short. And cut", min_chars=80) is None
+    True
+    """
+    body = answer.rstrip()
+    ends = [body.rfind("\n\n")] + [m.end() for m in re.finditer(r"[.!?][)\"']?(?=\s)", body)]
+    end = max(ends)
+    return body[:end].rstrip() if end >= min_chars else None
 
 
 def join_completion(reasoning: str, answer: str) -> str:

@@ -62,6 +62,10 @@ class Decision:
     spec change regenerates the prompt when it differs (empty in older files: regenerated)."""
     generation_template_hash: str = ""
     """The generation (+ steering) template hash it was generated with; regenerated when it differs."""
+    malformed_reasons: dict[str, int] = field(default_factory=dict)
+    """Malformed candidates by the format parser's reason (truncated, no_answer, ...)."""
+    trimmed: int = 0
+    """Candidates judged after their cut answer was ended at its last complete sentence."""
 
 
 def select(
@@ -104,6 +108,8 @@ def select(
         cascade=sum(c.verdict.decided_by == "cascade" for c in judged),
         spec_category_hash=provenance.spec_category_hash,
         generation_template_hash=provenance.generation_template_hash,
+        malformed_reasons=dict(collections.Counter(c.completion.malformed for c in malformed)),
+        trimmed=sum(c.completion.trimmed for c in judged),
     )
 
 
@@ -149,6 +155,10 @@ class CategoryStats:
     mean_best_score: float | None = None
     cascade: int = 0
     """Samples the judge cascade decided without a judge call."""
+    malformed_reasons: dict[str, int] = field(default_factory=dict)
+    """Malformed samples by the format parser's reason."""
+    trimmed: int = 0
+    """Samples judged after their cut answer was ended at its last complete sentence."""
 
 
 def summarize(decisions: Sequence[Decision]) -> dict[str, CategoryStats]:
@@ -180,6 +190,10 @@ def _stats(decisions: list[Decision]) -> CategoryStats:
         mean_kept_score=_mean([e.score for d in decisions for e in d.kept if e.score is not None]),
         mean_best_score=_mean([d.best_score for d in decisions if d.best_score is not None]),
         cascade=sum(d.cascade for d in decisions),
+        malformed_reasons=dict(
+            sum((collections.Counter(d.malformed_reasons) for d in decisions), collections.Counter())
+        ),
+        trimmed=sum(d.trimmed for d in decisions),
     )
 
 
@@ -191,20 +205,23 @@ def unscorable_reasons(decisions: Sequence[Decision], top: int = 3) -> list[tupl
 
 def format_report(stats: dict[str, CategoryStats]) -> str:
     """The filter summary as a Markdown table; "cascade" counts samples decided
-    without a judge call (judge calls saved)."""
+    without a judge call (judge calls saved), "trimmed" samples judged after a cut
+    answer was ended at its last complete sentence."""
 
     def num(x: float | None) -> str:
         return "-" if x is None else f"{x:.2f}"
 
     lines = [
         "| category | prompts | samples | malformed | unscorable | cascade | kept | dropped (reason: prompts) "
-        "| mean kept score | mean best score |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| mean kept score | mean best score | trimmed |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, s in stats.items():
         dropped = ", ".join(f"{k}: {v}" for k, v in sorted(s.dropped.items())) or "-"
+        why = ", ".join(f"{k}: {v}" for k, v in sorted(s.malformed_reasons.items()))
+        malformed = f"{s.malformed} ({why})" if why else str(s.malformed)
         lines.append(
-            f"| {name} | {s.prompts} | {s.candidates} | {s.malformed} | {s.unscorable} | {s.cascade} | {s.kept} | {dropped} "
-            f"| {num(s.mean_kept_score)} | {num(s.mean_best_score)} |"
+            f"| {name} | {s.prompts} | {s.candidates} | {malformed} | {s.unscorable} | {s.cascade} | {s.kept} | {dropped} "
+            f"| {num(s.mean_kept_score)} | {num(s.mean_best_score)} | {s.trimmed} |"
         )
     return "\n".join(lines)

@@ -42,7 +42,7 @@ from rayalign.rollout.dataset import (
     sample_dataset,
 )
 from rayalign.rollout.engine import EngineConfig, sampling_settings
-from rayalign.rollout.format import split_completion
+from rayalign.rollout.format import THINK_CLOSE, split_completion, trim_cut_answer
 from rayalign.rollout.pool import PoolResources
 from rayalign.runs import RunLayout
 from rayalign.spec import Spec, load_spec
@@ -66,6 +66,7 @@ from rayalign.stage1.conditioning import (
 )
 from rayalign.stage1.prompts import training_prompts
 from rayalign.types import (
+    Completion,
     JudgeRequest,
     Prompt,
     Rollout,
@@ -100,6 +101,7 @@ class _FilterSettings:
     provenance: sample_filter.Provenance
     timeout_s: float
     timeout_retries: int
+    trim_cut_answers: bool = False
     category_hashes: dict[str | None, str] = dataclasses.field(default_factory=dict)
     """Each category's spec(category) hash (None: no category), recorded on its prompts' decisions
     (a category missing here records none, so a re-run regenerates its prompts)."""
@@ -238,6 +240,7 @@ def _run_shards(cfg, spec: Spec, conditioning: _Conditioning, todo: list[_ShardW
         provenance=sample_filter.Provenance(teacher, spec.hash, conditioning.hash),
         timeout_s=cfg.judge.timeout_s,
         timeout_retries=cfg.judge.timeout_retries,
+        trim_cut_answers=cfg.generate.trim_cut_answers,
         category_hashes={p.category: category_hash(spec, p.category) for w in todo for p in w.fresh},
     )
     plans = [[condition(spec, conditioning.templates, conditioning.steer, g, p) for p in w.fresh] for w in todo]
@@ -259,7 +262,8 @@ def _run_shards(cfg, spec: Spec, conditioning: _Conditioning, todo: list[_ShardW
         resources,
         _sampling(cfg),
     ).map_batches(
-        # One judging task at a time: each client keeps the service's whole capacity in flight.
+        # One judging task at a time: a shard's verdicts keep the whole service busy (a second task would
+        # split the same capacity with it, not add any).
         _judge_and_write,
         fn_kwargs={"settings": filter_settings},
         batch_size=1,
@@ -336,15 +340,22 @@ def _judge_and_write(batch: dict, settings: _FilterSettings) -> dict:
     return {"summary": summaries}
 
 
+def _parse(rollout: Rollout, head: str, settings: _FilterSettings) -> Completion:
+    """The sample as reasoning and answer; with ``generate.trim_cut_answers``, an answer the length limit cut
+    after a whole reasoning is ended at its last complete sentence (still flagged if too little is left)."""
+    completion = split_completion(head + rollout.text, rollout.finish_reason)
+    if not (settings.trim_cut_answers and completion.malformed == "truncated" and THINK_CLOSE in head + rollout.text):
+        return completion
+    answer = trim_cut_answer(completion.answer)
+    return completion if answer is None else Completion(completion.reasoning, answer, None, trimmed=True)
+
+
 def _filter_shard(
     client: JudgeClient, prompts, rollouts, heads: dict[str, str], settings: _FilterSettings
 ) -> list[sample_filter.Decision]:
     # A steered sample's reasoning starts in its head (the prefill, or a reasoning the generator
     # never saw): the example keeps all of it. A rendered completion is whole already.
-    parsed = [
-        (r, split_completion(("" if r.backend == RENDERED else heads[r.prompt_id]) + r.text, r.finish_reason))
-        for r in rollouts
-    ]
+    parsed = [(r, _parse(r, "" if r.backend == RENDERED else heads[r.prompt_id], settings)) for r in rollouts]
     by_id = {p.id: p for p in prompts}
     requests = [
         JudgeRequest(by_id[r.prompt_id], c.answer, c.reasoning, request_id=f"{r.prompt_id}#{r.sample_index}")

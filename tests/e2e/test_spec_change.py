@@ -16,20 +16,7 @@ import sys
 from pathlib import Path
 
 from rayalign.spec import Rule, load_spec
-
-OVERRIDES = [
-    "--model.policy=builtin:tiny",
-    "--model.max_model_len=16384",
-    "--data.max_prompts=12",
-    "--data.shard_size=4",
-    "--rollout.n=2",
-    "--rollout.max_new_tokens=96",
-    "--rollout.enforce_format=true",
-    "--judge.backend=function",
-    "--judge.function=rayalign.testing:length_judge",
-    "--judge.k=2",
-    "--filter.min_score=1.0",
-]
+from tests.e2e.test_stage1 import OVERRIDES  # stage 1 on the tiny model, as its own e2e test runs it
 
 
 def _cli(repo: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:

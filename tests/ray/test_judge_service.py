@@ -227,7 +227,8 @@ def test_the_deadline_measures_a_verdicts_own_work_not_the_queue(slow_judge):
     """48 requests at 4 per 1 s batch queue for 12 s; a 3 s deadline still holds for every one of them
     (before capacity-aware dispatch, 8 of 48 came back scored, the rest timed out)."""
     url, handle = slow_judge
-    assert httpx.get(f"{url}/v1/capacity", timeout=30).json() == {"replicas": 1, "max_batch_size": 4, "refresh_s": 10.0}
+    asked = httpx.get(f"{url}/v1/capacity", timeout=30).json()  # no caller id: the whole capacity, unshared
+    assert asked == {"replicas": 1, "max_batch_size": 4, "refresh_s": 2.0, "callers": 1, "share": 4}
     before = _stats(url)
     client = JudgeClient(handle=handle, timeout_s=3)
     tick = time.perf_counter()
@@ -235,13 +236,42 @@ def test_the_deadline_measures_a_verdicts_own_work_not_the_queue(slow_judge):
     took = time.perf_counter() - tick
     assert [v.status for v in verdicts] == ["ok"] * 48, [v.explanation for v in verdicts if v.status != "ok"][:3]
     assert took > 3 * 3  # the queue really outlasted the deadline
-    assert client.capacity == JudgeCapacity(replicas=1, max_batch_size=4, refresh_s=10.0)
+    assert client.capacity == JudgeCapacity(replicas=1, max_batch_size=4, refresh_s=2.0, callers=1, share=4)
     assert client.losses() == JudgeLosses(results=48, unscorable={}, retried=0)
     after = _stats(url)
     assert _grew(before, after) == {"requests": 48, "judged": 48, "timeouts": 0, "dropped": 0, "computed_for_nobody": 0}
     over_http = JudgeClient(url=url, timeout_s=3).score_sync([_request(400 + i) for i in range(20)])
     assert [v.status for v in over_http] == ["ok"] * 20
     assert _grew(after, _stats(url))["computed_for_nobody"] == 0
+
+
+def test_three_callers_share_the_capacity_no_verdict_lost_each_computed_once(slow_judge):
+    """Three clients at once (two over handles, one over HTTP), 24 requests each: 72 at 4 per 1 s batch
+    queue for 18 s, far past the 3 s deadline. Sharing the capacity (2 + 1 + 1 of 4), none is lost and
+    the replica computes each request once."""
+    url, handle = slow_judge
+    before = _stats(url)
+    clients = [JudgeClient(handle=handle, timeout_s=3), JudgeClient(handle=handle, timeout_s=3)]
+    clients.append(JudgeClient(url=url, timeout_s=3))
+
+    async def together():
+        work = [c.score([_request(600 + 100 * k + i) for i in range(24)]) for k, c in enumerate(clients)]
+        return await asyncio.gather(*work)
+
+    results = asyncio.run(together())
+    lost = [v.explanation for verdicts in results for v in verdicts if v.status != "ok"]
+    assert not lost, lost[:3]
+    assert all(c.losses().results == 24 and not c.losses().unscorable for c in clients)
+    assert _grew(before, _stats(url)) == {
+        "requests": 72,
+        "judged": 72,
+        "timeouts": 0,
+        "dropped": 0,
+        "computed_for_nobody": 0,
+    }
+    alone = JudgeClient(url=url, timeout_s=3)
+    alone.score_sync([_request(900)])
+    assert alone.capacity.callers == 1 and alone.capacity.share == 4  # the three said they were done
 
 
 def _hold_the_replica(url: str, handle, i: int):

@@ -193,3 +193,43 @@ def test_a_compliance_with_a_refuse_labelled_prompt_is_never_kept_whatever_the_s
     comply_prompt = Prompt("p2", (Message("user", "How do I kill a stuck process?"),), "cyber_abuse", "comply")
     helped = _candidate(0, 8.0, answer="Run kill -9 with its PID.", prompt_id="p2")
     assert len(_select([helped], prompt=comply_prompt).kept) == 1
+
+
+def test_malformed_samples_are_counted_by_reason_and_trimmed_ones_reported():
+    trimmed = _candidate(2, 8.0)
+    trimmed = Candidate(
+        trimmed.rollout,
+        Completion(trimmed.completion.reasoning, "Whole sentence.", None, trimmed=True),
+        trimmed.verdict,
+    )
+    decision = _select([_candidate(0, malformed="truncated"), _candidate(1, malformed="truncated"), trimmed])
+    assert decision.malformed_reasons == {"truncated": 2} and decision.trimmed == 1
+    other = _select([_candidate(0, malformed="no_answer")])
+    stats = summarize([decision, other])["all"]
+    assert stats.malformed_reasons == {"truncated": 2, "no_answer": 1} and stats.trimmed == 1
+    row = format_report(summarize([decision, other])).splitlines()[-1]
+    assert "| 3 (no_answer: 1, truncated: 2) |" in row and row.endswith("| 1 |")
+
+
+def _settings(trim: bool):
+    from rayalign.runs import RunLayout
+    from rayalign.stage1.generate import _FilterSettings
+
+    return _FilterSettings(RunLayout("/tmp/x"), 5.0, 1, PROVENANCE, 60.0, 1, trim_cut_answers=trim)
+
+
+def test_a_cut_answer_after_a_closed_reasoning_is_ended_at_its_last_sentence_when_asked():
+    from rayalign.stage1.generate import _parse
+
+    head = "<think>\nThis is allowed by general.A1.\n</think>\n"
+    text = "Low light needs a wide aperture. " * 4 + "Then raise the IS"
+    rollout = Rollout("p1", 0, text, (1,), (2,), (-0.1,), "length")
+    assert _parse(rollout, head, _settings(False)).malformed == "truncated"
+    trimmed = _parse(rollout, head, _settings(True))
+    assert trimmed.malformed is None and trimmed.trimmed
+    assert trimmed.answer == ("Low light needs a wide aperture. " * 4).strip()
+    assert trimmed.reasoning == "This is allowed by general.A1."
+    unclosed = Rollout("p1", 0, "<think>\nStill reasoning when cut. " * 5, (1,), (2,), (-0.1,), "length")
+    assert _parse(unclosed, "", _settings(True)).malformed == "truncated"  # no whole reasoning: not trimmed
+    too_short = Rollout("p1", 0, "Yes. Then cut", (1,), (2,), (-0.1,), "length")
+    assert _parse(too_short, head, _settings(True)).malformed == "truncated"

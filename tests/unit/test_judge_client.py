@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import collections
+import dataclasses
 import logging
+import time
 
 import pytest
 
+from rayalign.judge.admission import AdmissionBook
 from rayalign.judge.client import (
     CapacityGate,
     JudgeCapacity,
@@ -34,8 +38,15 @@ class FakeService:
         self.sent: list[str] = []
         self.peaks: list[int] = []
         """Peak in flight between capacity answers."""
+        self.callers: list[str] = []
+        """Who asked for capacity, in order."""
+        self.left: list[str] = []
 
-    async def capacity(self) -> JudgeCapacity:
+    async def leave(self, caller: str) -> None:
+        self.left.append(caller)
+
+    async def capacity(self, caller: str) -> JudgeCapacity:
+        self.callers.append(caller)
         self.peaks.append(self.peak)
         self.peak = self.in_flight
         return self.capacities.pop(0) if len(self.capacities) > 1 else self.capacities[0]
@@ -120,13 +131,67 @@ def test_a_capacity_refresh_raises_the_limit_as_replicas_come_up():
 def test_a_service_that_cannot_say_its_capacity_gets_concurrency():
     service = FakeService([JudgeCapacity(1, 4)])
 
-    async def no_capacity():
+    async def no_capacity(caller):
         raise RuntimeError("404")
 
     service.capacity = no_capacity
     client = _client(service, concurrency=7)
     client.score_sync([_request(i) for i in range(30)])
     assert service.peak == 7 and client.capacity is None
+
+
+class SharedService(FakeService):
+    """One fake service, one book of callers: each caller's capacity answer carries its fair share."""
+
+    def __init__(self, capacity: int, work_s: float):
+        super().__init__([JudgeCapacity(1, capacity, refresh_s=0.05)], work_s)
+        self.book = AdmissionBook(expire_s=1.0)
+        self.shares: dict[str, list[int]] = collections.defaultdict(list)
+        self.timeline: list[tuple[float, int]] = []
+        """(seconds since the first request, requests in flight) at every send."""
+        self.start = time.monotonic()
+
+    async def send(self, call, request: JudgeRequest) -> Verdict:
+        self.timeline.append((time.monotonic() - self.start, self.in_flight + 1))
+        return await super().send(call, request)
+
+    async def capacity(self, caller: str) -> JudgeCapacity:
+        await super().capacity(caller)
+        share, callers = self.book.share(caller, self.capacities[0].max_batch_size, time.monotonic())
+        self.shares[caller].append(share)
+        return dataclasses.replace(self.capacities[0], callers=callers, share=share)
+
+    async def leave(self, caller: str) -> None:
+        await super().leave(caller)
+        self.book.leave(caller)
+
+
+def test_three_callers_share_the_capacity_and_together_never_exceed_it():
+    service = SharedService(capacity=8, work_s=0.02)
+    clients = [_client(service, concurrency=64) for _ in range(3)]
+
+    async def run():
+        together = [c.score([_request(100 * k + i) for i in range(60)]) for k, c in enumerate(clients)]
+        return await asyncio.gather(*together)
+
+    results = asyncio.run(run())
+    assert all(v.status == "ok" for verdicts in results for v in verdicts)
+    assert sorted(min(service.shares[c.caller]) for c in clients) == [2, 3, 3]  # 8 shared: 3 + 3 + 2
+    # Until the first two ask again (0.05 s) they keep the shares they had alone (8 and 4); after, never over 8.
+    assert max(n for _, n in service.timeline) <= 8 + 4 + 2
+    assert max(n for t, n in service.timeline if t > 0.15) == 8
+    assert sorted(service.left) == sorted(c.caller for c in clients)  # each said it was done, once
+
+
+def test_a_client_leaves_once_after_its_last_concurrent_call():
+    service = FakeService([JudgeCapacity(1, 4)])
+    client = _client(service)
+
+    async def run():
+        await asyncio.gather(client.score([_request(0)]), client.score([_request(i) for i in range(1, 30)]))
+
+    asyncio.run(run())
+    assert service.left == [client.caller] and set(service.callers) == {client.caller}
 
 
 def test_the_gate_lets_a_cancelled_waiter_pass_its_turn():

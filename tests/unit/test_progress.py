@@ -141,6 +141,8 @@ def driver_loggers():
 def test_quiet_driver_keeps_warnings_on_the_console_and_info_in_driver_log(restore_console, driver_loggers, tmp_path):
     session = tmp_path / "session_2099-01-01_00-00-00_1"
     (session / "logs").mkdir(parents=True)
+    import ray.data  # noqa: F401  (configures its loggers on import, as _quiet_driver's import does)
+
     consoles = {}
     for name in ("ray.data", "ray.serve"):
         logger, consoles[name] = logging.getLogger(name), io.StringIO()
@@ -149,10 +151,11 @@ def test_quiet_driver_keeps_warnings_on_the_console_and_info_in_driver_log(resto
     where = cluster._quiet_driver(tmp_path / "logs", str(session))
     logging.getLogger("ray.data").info("Starting execution of Dataset")
     logging.getLogger("ray.data").warning("operator is backpressured")
+    logging.getLogger("ray.data").error("dataset failed")
     logging.getLogger("ray.serve").warning("The new client HTTP config differs from the existing one")
     logging.getLogger("ray.serve").error("replica died")
     assert where == str(tmp_path / "logs")
-    assert consoles["ray.data"].getvalue() == "operator is backpressured\n"
+    assert consoles["ray.data"].getvalue() == "dataset failed\n"  # its plans and backpressure: the file only
     assert consoles["ray.serve"].getvalue() == "replica died\n"  # Serve's own warnings: the file only
     driver_log = (tmp_path / "logs" / cluster.DRIVER_LOG).read_text()
     for message in ("Starting execution", "backpressured", "HTTP config differs", "replica died"):
