@@ -58,8 +58,8 @@ def _unshared_client(url: str, deadline: float):
     from rayalign.judge.client import JudgeClient, _HttpTransport
 
     class Unshared(_HttpTransport):
-        async def capacity(self, caller: str):
-            return dataclasses.replace(await super().capacity(caller), share=0)
+        async def capacity(self, caller: str, in_flight: int):
+            return dataclasses.replace(await super().capacity(caller, in_flight), share=0)
 
     http = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=30))
     return JudgeClient(transport=Unshared(http, url, ""), timeout_s=deadline), http

@@ -19,6 +19,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from rayalign.config_tree import JudgeConfig
+from rayalign.eval.behaviour import BehaviourRow, behaviour_section
 from rayalign.eval.metrics import OUTCOMES, MetricResult
 from rayalign.tracking import Tracker
 
@@ -149,9 +150,11 @@ def render_markdown(
     plots: Sequence[tuple[str, str]],
     notes: Sequence[str] = (),
     judge: str | None = "the judge",
+    behaviour: Sequence[BehaviourRow] = (),
 ) -> str:
     """The report text; ``plots`` are (caption, file name) pairs next to report.md; ``judge``
-    names the judge that scored, None when the eval ran without one (string match only)."""
+    names the judge that scored, None when the eval ran without one (string match only);
+    ``behaviour`` adds the per-benchmark section after the summary."""
     lines = [
         "# rayalign evaluation",
         "",
@@ -172,7 +175,8 @@ def render_markdown(
     lines += ["", "## Summary", ""]
     summary = [[r.name, *(format_ci(r.get(metric)) for metric in OUTCOMES)] for r in results]
     lines += _table(["target", *(f"{metric} ({_short(by[metric])})" for metric in OUTCOMES)], summary)
-    lines += [""] + [f"![{caption}]({file})" for caption, file in plots]
+    lines += ["", *behaviour_section(behaviour)]
+    lines += [f"![{caption}]({file})" for caption, file in plots]
     lines += [f"- {note}" for note in notes] + [""]
     for metric in OUTCOMES:
         if any(r.get(metric) for r in results):
@@ -275,6 +279,7 @@ def write_report(
     *,
     tracker: Tracker | None = None,
     judge: str | None = "the judge",
+    behaviour: Sequence[BehaviourRow] = (),
 ) -> Path:
     """Write ``report.md`` and its PNG plots under ``out_dir``; log them to ``tracker`` if given.
     ``judge`` names who judged (None: string match only), for the report's scorers.
@@ -294,7 +299,7 @@ def write_report(
     else:
         notes.append("No per-category plot: no not_unsafe value has a category.")
     path = out / REPORT_FILE
-    path.write_text(render_markdown(results, plots, notes, judge), encoding="utf-8")
+    path.write_text(render_markdown(results, plots, notes, judge, behaviour), encoding="utf-8")
     if tracker is not None:
         _log(tracker, results, [out / file for _, file in plots])
     return path

@@ -43,6 +43,7 @@ from pathlib import Path
 from rayalign.cluster import init_ray
 from rayalign.config import Config
 from rayalign.datafiles import write_atomic
+from rayalign.eval.behaviour import BehaviourRow, Observed, behaviour_rows
 from rayalign.eval.loaders import load_benchmark
 from rayalign.eval.metrics import MetricResult, ScoredAnswer, expected_rules_for, summarize
 from rayalign.eval.refusal import is_refusal
@@ -129,6 +130,8 @@ class TargetResult:
     times: PhaseTimes
     cascade: int = 0
     """Answers the judge cascade decided (behaviour mismatch) without a judge call."""
+    behaviour: tuple[BehaviourRow, ...] = ()
+    """What it did per benchmark and wanted behaviour (report section "Behaviour per benchmark")."""
 
 
 @dataclass(frozen=True)
@@ -278,7 +281,10 @@ def run_eval(
         verdicts, judge_s = _judge_all(context, sampled)
     results = [_score_target(context, s, v) for s, v in zip(sampled, verdicts)]
     judge = judge_label(cfg.judge, cfg.model.policy) if client else ""
-    report = write_report([_report_row(r) for r in results], out, tracker=tracker, judge=judge or None)
+    behaviour = [row for r in results for row in r.behaviour]
+    report = write_report(
+        [_report_row(r) for r in results], out, tracker=tracker, judge=judge or None, behaviour=behaviour
+    )
     seconds = time.perf_counter() - start
     result = EvalResult(
         tuple(results), tuple(names), len(prompts), str(out), str(report), seconds, judge_s, enforce_format, judge
@@ -455,7 +461,24 @@ def _score_target(ctx: _Context, sampled: _Sampled, verdicts: Sequence[Verdict])
     unscorable = sum(v.status != "ok" for v in verdicts) if ctx.client else 0
     times = PhaseTimes(sampled.start_s, sampled.generate_s, metrics_s)
     cascade = cascade_count(verdicts)
-    return TargetResult(target, metrics, str(path), len(answers), malformed, unscorable, times, cascade)
+    behaviour = behaviour_rows([_observed(a) for a in answers], samples=ctx.cfg.eval.bootstrap_samples)
+    return TargetResult(
+        target, metrics, str(path), len(answers), malformed, unscorable, times, cascade, tuple(behaviour)
+    )
+
+
+def _observed(a: EvalAnswer) -> Observed:
+    judged = a.verdict.status == "ok" and a.verdict.behavior is not None
+    return Observed(
+        a.target,
+        a.source,
+        a.category,
+        a.expected,
+        a.refusal,
+        a.malformed is None,
+        a.cited_rules,
+        a.verdict.behavior if judged else None,
+    )
 
 
 def _generate(ctx: _Context, target: EvalTarget, prompts: Sequence[Prompt]) -> tuple[list[Rollout], float, float]:

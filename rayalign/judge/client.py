@@ -224,8 +224,9 @@ class JudgeTransport(Protocol):
     async def send(self, call: JudgeCall, item):
         """The service's answer to one item; raises ``_Retryable`` on overload or a lost replica."""
 
-    async def capacity(self, caller: str) -> JudgeCapacity:
-        """What the service works on at once, and ``caller``'s share of it (registers ``caller``)."""
+    async def capacity(self, caller: str, in_flight: int) -> JudgeCapacity:
+        """What the service works on at once, and ``caller``'s share of it (registers ``caller``, who has
+        ``in_flight`` requests out as it asks)."""
 
     async def leave(self, caller: str) -> None:
         """``caller`` has nothing more in flight."""
@@ -290,7 +291,7 @@ class JudgeClient:
             return []
         async with self._connect() as transport:
             self._calls += 1
-            gate = CapacityGate(await self._limit(transport))
+            gate = CapacityGate(await self._limit(transport, 0))
             keeper = asyncio.create_task(self._keep_limit(transport, gate))
             try:
                 return list(await asyncio.gather(*(self._one(transport, gate, call, x) for x in items)))
@@ -315,10 +316,11 @@ class JudgeClient:
             async with httpx.AsyncClient(timeout=timeout, limits=limits) as http:
                 yield _HttpTransport(http, self.url, self.token)
 
-    async def _limit(self, transport: JudgeTransport) -> int:
-        """Requests to keep in flight: the service's capacity, capped by ``concurrency``."""
+    async def _limit(self, transport: JudgeTransport, in_flight: int) -> int:
+        """Requests to keep in flight: this client's share of the service's capacity, capped by ``concurrency``."""
         with contextlib.suppress(Exception):  # a service that cannot say keeps the last answer (or concurrency)
-            self.capacity = await asyncio.wait_for(transport.capacity(self.caller), CAPACITY_ASK_TIMEOUT_S)
+            asked = transport.capacity(self.caller, in_flight)
+            self.capacity = await asyncio.wait_for(asked, CAPACITY_ASK_TIMEOUT_S)
         if self.capacity is None:
             return self.concurrency
         return min(self.concurrency, self.capacity.in_flight_limit(self.headroom))
@@ -327,7 +329,7 @@ class JudgeClient:
         """Re-ask the capacity while requests are out: autoscaling adds replicas under load."""
         while True:
             await asyncio.sleep(self.capacity.refresh_s if self.capacity else JudgeCapacity(1, 1).refresh_s)
-            gate.resize(await self._limit(transport))
+            gate.resize(await self._limit(transport, gate.in_flight))
 
     async def _one(self, transport: JudgeTransport, gate: CapacityGate, call: JudgeCall, item):
         """One item under the gate: the deadline starts at dispatch; a late one is asked again."""
@@ -376,8 +378,9 @@ class _HttpTransport:
             raise JudgeRequestError(f"judge service answered {response.status_code}: {response.text[:500]}")
         return from_dict(call.result, response.json())
 
-    async def capacity(self, caller: str) -> JudgeCapacity:
-        response = await self.http.get(f"{self.url}/v1/capacity", params={"caller": caller}, headers=self.headers)
+    async def capacity(self, caller: str, in_flight: int) -> JudgeCapacity:
+        params = {"caller": caller, "in_flight": in_flight}
+        response = await self.http.get(f"{self.url}/v1/capacity", params=params, headers=self.headers)
         response.raise_for_status()
         return from_dict(JudgeCapacity, response.json())
 
@@ -404,8 +407,8 @@ class _HandleTransport:
         except (RayActorError, BackPressureError) as e:
             raise _Retryable(f"{type(e).__name__}: {e}") from e
 
-    async def capacity(self, caller: str) -> JudgeCapacity:
-        return await self.handle.capacity.remote(caller)
+    async def capacity(self, caller: str, in_flight: int) -> JudgeCapacity:
+        return await self.handle.capacity.remote(caller, in_flight)
 
     async def leave(self, caller: str) -> None:
         await self.handle.leave.remote(caller)

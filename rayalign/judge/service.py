@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -46,6 +47,7 @@ from rayalign.rollout.engine import EngineConfig
 from rayalign.spec import load_spec
 from rayalign.types import Classification, JudgeRequest, Prompt, Verdict
 
+log = logging.getLogger("ray.serve")
 APP_NAME = "rayalign-judge"
 CAPACITY_REFRESH_S = 2.0
 """How often a client asks for its share again: a newcomer's share reaches the others within this."""
@@ -166,8 +168,8 @@ class JudgeAdmission:
     def __init__(self, expire_s: float):
         self.book = AdmissionBook(expire_s)
 
-    def share(self, caller: str, capacity: int) -> tuple[int, int]:
-        return self.book.share(caller, capacity, time.monotonic())
+    def share(self, caller: str, capacity: int, in_flight: int = 0) -> tuple[int, int]:
+        return self.book.share(caller, capacity, time.monotonic(), in_flight)
 
     def leave(self, caller: str) -> None:
         self.book.leave(caller)
@@ -309,16 +311,21 @@ class JudgeService:
         )
 
     @app.get("/v1/capacity", response_model=JudgeCapacity)
-    async def capacity(self, caller: str = "") -> JudgeCapacity:
-        """What the service works on at once, and ``caller``'s share of it (asked again every ``refresh_s``)."""
+    async def capacity(self, caller: str = "", in_flight: int = 0) -> JudgeCapacity:
+        """What the service works on at once, and ``caller``'s share of it (asked again every ``refresh_s``;
+        ``in_flight``: what the caller has out as it asks)."""
         if time.monotonic() - self.replicas_read_at > REPLICAS_READ_S:
             self.replicas = await asyncio.to_thread(running_replicas, self.replicas)  # a controller call: blocks
             self.replicas_read_at = time.monotonic()
         total = self.replicas * self.settings.max_batch_size
         share, callers = total, 1
         if caller and self.admission is not None:
-            with contextlib.suppress(Exception):  # a lost admission replica: the caller keeps the whole capacity
-                share, callers = await self.admission.share.remote(caller, total)
+            try:
+                share, callers = await self.admission.share.remote(caller, total, in_flight)
+            except Exception as e:  # noqa: BLE001 - a lost admission replica: the caller keeps the whole capacity
+                log.warning(
+                    "judge admission unavailable (%s: %s): %s gets the whole capacity", type(e).__name__, e, caller
+                )
         return JudgeCapacity(self.replicas, self.settings.max_batch_size, CAPACITY_REFRESH_S, callers, share)
 
     @app.delete("/v1/capacity")

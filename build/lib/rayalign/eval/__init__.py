@@ -1,0 +1,1 @@
+"""Evaluation: benchmark loaders, a refusal detector, metrics with bootstrap confidence intervals."""

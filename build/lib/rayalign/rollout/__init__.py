@@ -1,0 +1,1 @@
+"""Sampling: the output format, sampler backends, Ray actors, pool, Ray Data path."""

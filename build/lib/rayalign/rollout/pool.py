@@ -1,0 +1,172 @@
+"""A pool of sampler actors: spread work, survive actor deaths, sync weights.
+
+Prompts are cut into chunks; each actor works on one chunk at a time. A chunk
+whose actor dies is sent again (to the restarted actor or another one), and a
+chunk's result is accepted once, so no prompt is lost or sampled twice. A
+restarted actor comes back with its initial weights, so the pool pushes the
+latest weights to it before giving it more work.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import ray
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+
+from rayalign.errors import RayalignError
+from rayalign.rollout.engine import EngineConfig
+from rayalign.rollout.vllm_backend import engine_env
+from rayalign.rollout.worker import RolloutWorker
+from rayalign.types import Prompt, Rollout, SamplingSettings
+
+_ACTOR_LOST = (RayActorError, ActorDiedError, ActorUnavailableError)
+RESTART_TIMEOUT_S = 600
+
+
+@dataclass(frozen=True)
+class PoolResources:
+    """What each sampler actor asks of Ray."""
+
+    num_workers: int = 1
+    cpus: float = 1.0
+    gpus: float = 0.0
+    resource: str = ""
+    """Custom resource (1 unit per actor), e.g. rollout."""
+    max_restarts: int = 2
+
+    @classmethod
+    def from_config(cls, cfg) -> PoolResources:
+        r = cfg.rollout
+        return cls(r.num_workers, r.cpus_per_worker, r.gpus_per_worker, r.resource, r.max_restarts)
+
+
+class PoolError(RayalignError):
+    """Work that could not be completed after every retry."""
+
+
+class RolloutPool:
+    def __init__(self, engine: EngineConfig, resources: PoolResources):
+        self.engine, self.resources = engine, resources
+        actor_cls = ray.remote(RolloutWorker)
+        options = dict(
+            num_cpus=resources.cpus,
+            num_gpus=resources.gpus,
+            max_restarts=resources.max_restarts,
+            max_task_retries=0,  # the pool retries chunks itself, exactly once each
+            runtime_env={"env_vars": engine_env(engine)},
+        )
+        if resources.resource:
+            options["resources"] = {resources.resource: 1}
+        self.actors = [actor_cls.options(**options).remote(engine) for _ in range(resources.num_workers)]
+        self.policy_version = 0
+        self._weights_ref = None
+        self.retries = 0
+        """Chunks sent again after an actor died (for logs and tests)."""
+
+    def wait_ready(self, timeout_s: float = 600) -> list:
+        """Block until every actor has built its engine; returns their WorkerInfo."""
+        return ray.get([a.info.remote() for a in self.actors], timeout=timeout_s)
+
+    def generate(
+        self, prompts: Sequence[Prompt], settings: SamplingSettings, chunk_size: int | None = None
+    ) -> list[Rollout]:
+        """Rollouts for every prompt, in prompt order, each prompt sampled exactly once."""
+        if not prompts:
+            return []
+        size = chunk_size or math.ceil(len(prompts) / len(self.actors))
+        chunks = [list(prompts[i : i + size]) for i in range(0, len(prompts), size)]
+        results = _Schedule(self, chunks, settings).run()
+        return [r for i in range(len(chunks)) for r in results[i]]
+
+    def _wake(self, actor: int) -> bool:
+        """Whether a restarting actor is back; on return it holds the latest weights."""
+        try:
+            ray.get(self.actors[actor].info.remote(), timeout=5)
+            if self._weights_ref is not None:
+                ray.get(self.actors[actor].update_weights.remote(self._weights_ref, self.policy_version))
+            return True
+        except (ActorUnavailableError, ray.exceptions.GetTimeoutError):
+            return False  # still restarting
+
+    def update_weights(self, state: Mapping, version: int | None = None) -> int:
+        """Push a HF-named state dict to every sampler through the object store."""
+        self.policy_version = self.policy_version + 1 if version is None else version
+        self._weights_ref = ray.put(dict(state))
+        ray.get([a.update_weights.remote(self._weights_ref, self.policy_version) for a in self.actors])
+        return self.policy_version
+
+    def shutdown(self) -> None:
+        for actor in self.actors:
+            ray.kill(actor, no_restart=True)
+        self.actors = []
+
+
+class _Schedule:
+    """One ``generate`` call: chunks to actors, one at a time each, with retries.
+
+    An actor whose chunk failed is parked until Ray has restarted it (and it
+    has the latest weights); its chunk goes back to the front of the queue.
+    """
+
+    def __init__(self, pool: RolloutPool, chunks: list[list[Prompt]], settings: SamplingSettings):
+        self.pool, self.chunks, self.settings = pool, chunks, settings
+        self.queue = list(range(len(chunks)))
+        self.idle = list(range(len(pool.actors)))
+        self.parked: list[int] = []
+        self.running: dict = {}  # ObjectRef -> (chunk, actor)
+        self.attempts = [0] * len(chunks)
+        self.results: dict[int, list[Rollout]] = {}
+
+    def run(self) -> dict[int, list[Rollout]]:
+        deadline = time.monotonic() + RESTART_TIMEOUT_S
+        while self.queue or self.running:
+            self._dispatch()
+            if not self.running:
+                if time.monotonic() > deadline:
+                    raise PoolError(f"no sampler came back within {RESTART_TIMEOUT_S}s")
+                time.sleep(0.5)
+                self._unpark()
+                continue
+            done, _ = ray.wait(list(self.running), num_returns=1, timeout=1.0)
+            for ref in done:
+                self._collect(ref)
+            self._unpark()
+        return self.results
+
+    def _dispatch(self) -> None:
+        while self.queue and self.idle:
+            chunk, actor = self.queue.pop(0), self.idle.pop(0)
+            ref = self.pool.actors[actor].generate.remote(self.chunks[chunk], self.settings)
+            self.running[ref] = (chunk, actor)
+
+    def _collect(self, ref) -> None:
+        chunk, actor = self.running.pop(ref)
+        try:
+            rollouts = ray.get(ref)
+        except _ACTOR_LOST as e:
+            self.attempts[chunk] += 1
+            self.pool.retries += 1
+            if self.attempts[chunk] > self.pool.resources.max_restarts:
+                raise PoolError(f"chunk {chunk} failed {self.attempts[chunk]} times; last error: {e}") from e
+            self.queue.insert(0, chunk)
+            self.parked.append(actor)
+            return
+        self.results.setdefault(chunk, rollouts)  # first result wins: never twice
+        self.idle.append(actor)
+
+    def _unpark(self) -> None:
+        for actor in list(self.parked):
+            try:
+                back = self.pool._wake(actor)
+            except ActorDiedError:  # out of restarts: gone for good
+                self.parked.remove(actor)
+                if not self.idle and not self.parked and not self.running:
+                    raise PoolError("every sampler actor has died") from None
+                continue
+            if back:
+                self.parked.remove(actor)
+                self.idle.append(actor)
