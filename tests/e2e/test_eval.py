@@ -87,6 +87,12 @@ def test_eval_writes_answers_metrics_and_a_report_per_target(eval_run):
 
     report = (out / "report.md").read_text()
     assert "| base+spec |" in report and "## not_unsafe" in report and "95% CI" in report
+    # Per benchmark: every (empty) answer counts as a refusal and none is in the reasoning format.
+    assert "## Behaviour per benchmark" in report
+    rows = {(r.benchmark, r.expected): r for r in result.targets[0].behaviour}
+    assert set(rows) == {("jbb_harmful", "refuse"), ("jbb_benign", "comply")}
+    assert (rows["jbb_harmful", "refuse"].wanted.value, rows["jbb_harmful", "refuse"].n) == (1.0, LIMIT)
+    assert rows["jbb_benign", "comply"].wanted.value == 0.0 and rows["jbb_benign", "comply"].in_format.value == 0.0
     for png in ("pareto.png", "not_unsafe_by_category.png"):
         assert (out / png).stat().st_size > 10_000
     saved = json.loads((out / "metrics.json").read_text())
