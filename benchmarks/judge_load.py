@@ -129,6 +129,7 @@ def main() -> None:
         grew = {k: after[k] - before[k] for k in ("requests", "judged", "dropped", "computed_for_nobody")}
         unscorable = sum(sum(x.unscorable.values()) for x in losses)
         throughput = (args.requests - unscorable) / seconds
+        print(f"{'shared' if shared else 'unshared'}: {unscorable} unscorable, {seconds:.0f} s, {grew}", flush=True)
         rows.append(
             [
                 "shared (JudgeClient)" if shared else "unshared (baseline)",
