@@ -1,1 +1,0 @@
-"""Evaluation: benchmark loaders, a refusal detector, metrics with bootstrap confidence intervals."""

@@ -1,1 +1,0 @@
-"""Sampling: the output format, sampler backends, Ray actors, pool, Ray Data path."""
