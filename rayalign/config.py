@@ -101,7 +101,7 @@ def _coerce(value: Any, tp: Any, fail) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             fail(f"must be a mapping; got {value!r}")
-        return {str(k): _coerce(v, args[1], fail) for k, v in value.items()}
+        return {_coerce(str(k), args[0], fail): _coerce(v, args[1], fail) for k, v in value.items()}
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp is float and isinstance(value, str):
@@ -197,6 +197,9 @@ def _build(cls: type, raw: dict, origins: dict[str, _Origin], prefix: str, base:
         kwargs[key] = _coerce(value, tp, fail)
         if isinstance(kwargs[key], (int, float)):
             _check_range(kwargs[key], f.metadata, fail)
+        if isinstance(kwargs[key], dict):
+            for v in kwargs[key].values():
+                _check_range(v, f.metadata, fail)
         if isinstance(kwargs[key], str):
             _check_path(kwargs[key], f.metadata, fail)
     return dataclasses.replace(base, **kwargs) if base is not None else cls(**kwargs)

@@ -14,6 +14,7 @@ import textwrap
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any, Literal
+from rayalign.types import Behavior
 
 
 def bounded(default: Any, *, ge: float | None = None, gt: float | None = None, le: float | None = None):
@@ -54,7 +55,12 @@ class DataConfig:
     seed: int = 0
     """Seed for shuffling and splitting."""
     max_prompts: int = bounded(0, ge=0)
-    """Use at most this many prompts after dedupe (0 = all); a quick run's knob."""
+    """Use at most this many prompts after dedupe (0 = all), taken round-robin over categories and, within a
+    category, over expected behaviours; a quick run's knob."""
+    behavior_weights: dict[Behavior, int] = field(default_factory=dict, metadata={"ge": 0})
+    """With max_prompts: prompts of each expected behaviour taken per round, e.g. {comply: 2, refuse: 1,
+    safe_complete: 1} for twice as many benign prompts as harmful ones (a model trained mostly on refusals
+    refuses everything); a behaviour not named takes 1, 0 leaves it out."""
     decontaminate: tuple[str, ...] = ()
     """Evaluation sets (benchmark specs like jbb_harmful:path) whose prompts must never be trained on."""
     shard_size: int = bounded(16, ge=1)

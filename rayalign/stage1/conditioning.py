@@ -9,6 +9,7 @@ removed, as the paper does.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from itertools import takewhile
@@ -138,11 +139,21 @@ class SteerTemplates:
     comply: str
     safe_complete: str
     refusal: str
-    """The refusal the spec's style rules prescribe (``generate.refusals: spec``)."""
+    """The refusals the spec's style rules prescribe (``generate.refusals: spec``), one per line."""
     hash: str
 
     def prefix(self, behavior: Behavior) -> str:
         return {"refuse": self.refuse, "comply": self.comply, "safe_complete": self.safe_complete}[behavior]
+
+    def refusal_for(self, prompt_id: str) -> str:
+        r"""One of the refusal lines, the same for a prompt on every run: SFT sees several wordings, not one.
+
+        >>> t = SteerTemplates("", "", "", "", "Sorry, no.\n\nI can't help with that.", "")
+        >>> sorted({t.refusal_for(str(i)) for i in range(20)})
+        ["I can't help with that.", 'Sorry, no.']
+        """
+        lines = [line.strip() for line in self.refusal.splitlines() if line.strip()]
+        return lines[int(hashlib.sha256(prompt_id.encode()).hexdigest(), 16) % len(lines)]
 
 
 def load_steer_templates(spec_dir: str | Path) -> SteerTemplates:
@@ -264,7 +275,7 @@ def condition(
         return Conditioned(sampled, sampled.prefill)
     reasoning = steer_prefix(spec, steer, prompt) + THINK_CLOSE + "\n"
     if g.refusals == "spec" and prompt.expected == "refuse":
-        refusal = Template(steer.refusal).substitute(
+        refusal = Template(steer.refusal_for(prompt.id)).substitute(
             title=spec.category(prompt.category).title, category=prompt.category
         )
         return Conditioned(None, "", reasoning + refusal.strip())

@@ -406,38 +406,51 @@ def order_for_prefix_cache(prompts: Sequence[Prompt]) -> list[Prompt]:
     return [p for group in groups.values() for p in group]
 
 
-def limit_prompts(prompts: Sequence[Prompt], n: int) -> list[Prompt]:
+def limit_prompts(prompts: Sequence[Prompt], n: int, weights: Mapping[str, int] | None = None) -> list[Prompt]:
     """At most ``n`` prompts, taken round-robin across categories and, within a
     category, across expected behaviours (0 = all): a small run still sees
-    refusals, compliances and safe completions of every category.
+    refusals, compliances and safe completions of every category. ``weights``
+    takes that many prompts of a behaviour per round (default 1; 0 = none).
 
     >>> from rayalign.types import Message
-    >>> ps = [Prompt(f"{c}{i}", (Message("user", "x"),), c, e) for c in "ab" for i, e in enumerate(["refuse"] * 3 + ["comply"])]
+    >>> ps = [Prompt(f"{c}{i}", (Message("user", "x"),), c, e) for c in "ab" for i, e in enumerate(["refuse"] * 3 + ["comply"] * 3)]
     >>> [p.id for p in limit_prompts(ps, 4)]
     ['a0', 'a3', 'b0', 'b3']
+    >>> [p.id for p in limit_prompts(ps, 6, {"comply": 2})]
+    ['a0', 'a3', 'a4', 'b0', 'b3', 'b4']
     """
-    if n <= 0 or n >= len(prompts):
-        return list(prompts)
+    weights = weights or {}
+    kept = [p for p in prompts if weights.get(p.expected, 1) > 0]
+    if n <= 0 or n >= len(kept):
+        return kept
     by_category: dict[str | None, list[Prompt]] = collections.defaultdict(list)
-    for p in prompts:
+    for p in kept:
         by_category[p.category].append(p)
-    queues = [collections.deque(_interleave_behaviours(group)) for group in by_category.values()]
+    queues = [collections.deque(_interleave_behaviours(group, weights)) for group in by_category.values()]
     chosen: set[str] = set()
     while len(chosen) < n:
         for queue in queues:
             if queue and len(chosen) < n:
                 chosen.add(queue.popleft().id)
-    return [p for p in prompts if p.id in chosen]
+    return [p for p in kept if p.id in chosen]
 
 
-def _interleave_behaviours(prompts: Sequence[Prompt]) -> list[Prompt]:
-    """One prompt of each expected behaviour in turn (first-seen order), stable within a behaviour."""
+def _interleave_behaviours(prompts: Sequence[Prompt], weights: Mapping[str, int]) -> list[Prompt]:
+    """``weights[b]`` (default 1) prompts of each expected behaviour b in turn (first-seen order), stable within one.
+
+    >>> from rayalign.types import Message
+    >>> ps = [Prompt(str(i), (Message("user", "x"),), "a", e) for i, e in enumerate(["refuse"] * 2 + ["comply"] * 3)]
+    >>> [p.id for p in _interleave_behaviours(ps, {"comply": 2})]
+    ['0', '2', '3', '1', '4']
+    """
     groups: dict[str | None, collections.deque] = {}
     for p in prompts:
         groups.setdefault(p.expected, collections.deque()).append(p)
     out: list[Prompt] = []
     while len(out) < len(prompts):
-        out += [g.popleft() for g in groups.values() if g]
+        for behaviour, group in groups.items():
+            take = min(weights.get(behaviour, 1), len(group))
+            out += [group.popleft() for _ in range(take)]
     return out
 
 
@@ -451,5 +464,5 @@ def training_prompts(cfg, spec) -> tuple[list[Prompt], list[Prompt], str]:
         seed=cfg.data.seed,
         eval_sets=eval_sets,
     )
-    train = limit_prompts(train, cfg.data.max_prompts)
+    train = limit_prompts(train, cfg.data.max_prompts, cfg.data.behavior_weights)
     return order_for_prefix_cache(train), held, report.summary()

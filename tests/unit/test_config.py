@@ -59,6 +59,15 @@ def test_out_of_range(tmp_path):
         load_config(None, ["--sft.learner.zero_stage=4"])
 
 
+def test_mapping_keys_and_values_are_checked(tmp_path):
+    cfg = load_config(None, ["--data.behavior_weights={comply: 2, refuse: 1}"])
+    assert cfg.data.behavior_weights == {"comply": 2, "refuse": 1}
+    with pytest.raises(ConfigError, match=r"c.yaml:2: data.behavior_weights: must be one of comply, refuse, "):
+        load_config(_write(tmp_path, "data:\n  behavior_weights: {benign: 2}\n"))
+    with pytest.raises(ConfigError, match=r"data.behavior_weights: must be >= 0; got -1"):
+        load_config(None, ["--data.behavior_weights={comply: -1}"])
+
+
 def test_a_key_moved_into_a_subsection_is_pointed_at(tmp_path):
     path = _write(tmp_path, "sft:\n  lr: 1.0e-5\n  zero_stage: 3\n")
     with pytest.raises(ConfigError) as e:

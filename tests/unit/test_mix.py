@@ -12,7 +12,7 @@ import pytest
 from rayalign.eval.loaders import BenchmarkError, load_benchmark
 from rayalign.spec import load_spec
 from rayalign.stage1.mix import KINDS, MIX_DIR, MixRow, build_mix, counts_table, dedupe, handwritten_rows, split
-from rayalign.stage1.prompts import normalize, read_prompts
+from rayalign.stage1.prompts import limit_prompts, normalize, read_prompts
 from rayalign.types import BEHAVIORS
 
 EVALDATA = Path(__file__).resolve().parents[2].parent / "shared" / "evaldata"
@@ -146,3 +146,12 @@ def test_build_mix_reproduces_the_shipped_files(tmp_path):
     build_mix(EVALDATA, tmp_path)
     for name in ("train.jsonl", "eval.jsonl"):
         assert (tmp_path / name).read_bytes() == (MIX_DIR / name).read_bytes(), name
+
+
+def test_behavior_weights_tilt_a_limited_mix_toward_benign_prompts(categories):
+    train = read_prompts("builtin:mix-train", categories=categories)
+    even = Counter(p.expected for p in limit_prompts(train, 120))
+    tilted = Counter(p.expected for p in limit_prompts(train, 120, {"comply": 2}))
+    assert tilted["comply"] > even["comply"] and sum(tilted.values()) == 120
+    assert tilted["comply"] >= 2 * tilted["refuse"] - len(categories)  # two benign per harmful in each category
+    assert "refuse" not in Counter(p.expected for p in limit_prompts(train, 120, {"refuse": 0}))

@@ -1,6 +1,7 @@
 """Behaviour-steered stage-1 generation: templates cite only real rule ids, and the
 SFT example keeps the steered reasoning but neither the spec nor the instruction."""
 
+import dataclasses
 import re
 import shutil
 
@@ -157,8 +158,23 @@ def test_a_spec_refusal_is_rendered_not_sampled(spec, templates):
     c = condition(spec, gen, steer, g, _prompt(expected="refuse"))
     assert c.sampled is None
     full = split_completion(c.rendered)
-    assert full.answer == "I'm sorry, but I can't help with that." and "privacy.D1" in full.reasoning
+    assert full.answer in steer.refusal.splitlines() and "privacy.D1" in full.reasoning
+    assert full.answer == steer.refusal_for(_prompt(expected="refuse").id)  # stable per prompt
     assert set(RULE_ID.findall(full.reasoning)) <= spec.rule_ids()
     # a comply-labelled or unlabelled prompt is still answered by the generator
     assert condition(spec, gen, steer, g, _prompt(expected="comply")).sampled is not None
     assert condition(spec, gen, steer, g, _prompt(expected=None)).sampled is not None
+
+
+def test_spec_refusals_vary_across_prompts_and_are_all_refusals(spec, templates):
+    from rayalign.eval.refusal import detect_behavior
+    from rayalign.stage1.conditioning import condition
+
+    gen, steer = templates
+    g = _g(close_reasoning=True, answer_context="plain", refusals="spec")
+    answers = {
+        split_completion(condition(spec, gen, steer, g, dataclasses.replace(_prompt(expected="refuse"), id=str(i))).rendered).answer
+        for i in range(40)
+    }
+    assert len(answers) >= 4
+    assert all(detect_behavior(a) == "refuse" for a in answers)
