@@ -15,8 +15,10 @@ Two settings in the same run, the same service:
   callers).
 
 For each it prints verdicts lost (unscorable), deadlines missed and retried,
-throughput against the capacity, and what the replica computed (from
-``/v1/stats``: requests judged, dropped, computed for nobody).
+throughput against the capacity (nominal: batch size per second; measured:
+batch size per mean batch duration, as the replica timed its batches), and
+what the replica computed (from ``/v1/stats``: requests judged, dropped,
+computed for nobody).
 
     python benchmarks/judge_load.py [--requests 500] [--callers 3] [--batch 8] [--deadline 3]
 """
@@ -129,6 +131,9 @@ def main() -> None:
         grew = {k: after[k] - before[k] for k in ("requests", "judged", "dropped", "computed_for_nobody")}
         unscorable = sum(sum(x.unscorable.values()) for x in losses)
         throughput = (args.requests - unscorable) / seconds
+        batches = sum(after["batch_sizes"].values()) - sum(before["batch_sizes"].values())
+        mean_batch_s = (after["batch_seconds"] - before["batch_seconds"]) / max(batches, 1)
+        measured = args.batch / mean_batch_s if mean_batch_s else float("nan")
         print(f"{'shared' if shared else 'unshared'}: {unscorable} unscorable, {seconds:.0f} s, {grew}", flush=True)
         rows.append(
             [
@@ -138,6 +143,8 @@ def main() -> None:
                 seconds,
                 throughput,
                 f"{throughput / capacity:.2f}",
+                mean_batch_s,
+                f"{throughput / measured:.2f}",
                 grew["requests"],
                 grew["judged"],
                 grew["dropped"],
@@ -159,7 +166,9 @@ def main() -> None:
                 "deadlines missed (retried)",
                 "wall s",
                 "scored verdicts/s",
-                "of capacity",
+                "of nominal capacity",
+                "mean batch s",
+                "of measured capacity",
                 "requests received",
                 "computed",
                 "dropped uncomputed",

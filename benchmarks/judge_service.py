@@ -1,12 +1,14 @@
 r"""Judge service throughput: dynamic batching vs one-at-a-time, over real HTTP.
 
-The same judge model (vLLM, guided JSON) serves both settings in the same run;
-only ``judge.max_batch_size`` differs (N vs 1). For 1, 8 and 32 concurrent
-HTTP clients it prints requests/s and p50/p99 latency, and the ratio.
+The same judge model (vLLM, guided JSON) serves every setting in the same run;
+only ``judge.max_batch_size`` differs (each of ``--batches``, and 1, the
+baseline). For each number of concurrent HTTP clients it prints verdicts per
+minute, requests/s, p50/p99 latency, and the ratio against batch 1: the
+judge's capacity on this machine.
 
-    python benchmarks/judge_service.py [--model builtin:tiny] [--requests 64] [--clients 1,8,32]
+    python benchmarks/judge_service.py [--model builtin:tiny] [--requests 64] [--clients 1,8,32] [--batches 32]
     python benchmarks/judge_service.py --model builtin:smollm2-135m-instruct --max-model-len 6144 \
-        --clients 32 --requests 32
+        --clients 16 --requests 32 --batches 16,8
 """
 
 from __future__ import annotations
@@ -79,67 +81,68 @@ def main() -> None:
     p.add_argument("--model", default="builtin:tiny")
     p.add_argument("--requests", type=int, default=64)
     p.add_argument("--clients", default="1,8,32")
-    p.add_argument("--max-batch", type=int, default=32)
+    p.add_argument("--batches", default="32", help="judge.max_batch_size values to compare with 1")
     p.add_argument(
         "--max-model-len", type=int, default=16384, help="16384 for the tiny model's long token count; 6144 for SmolLM2"
     )
     args = p.parse_args()
+    clients = [int(c) for c in args.clients.split(",")]
+    batches = [int(b) for b in args.batches.split(",") if int(b) != 1] + [1]
+    results = {}
+    for batch in batches:
+        for c, result in _measure(args, batch, clients).items():
+            results[batch, c] = result
+            print(f"batch {batch}, {c} clients: {result[0] * 60:.1f} verdicts/min", flush=True)
+    rows = []
+    for c in clients:
+        for batch in batches:
+            rate, p50, p99, ok, n = results[batch, c]
+            ratio = rate / results[1, c][0]
+            rows.append([c, batch, rate * 60, rate, f"{ratio:.2f}x", p50, p99, f"{ok}/{n}"])
+    print(f"\nJudge service over HTTP, judge {args.model}, k=1, one replica; each batch size against 1 (one at a time)")
+    print(
+        table(
+            ["clients", "max_batch_size", "verdicts/min", "req/s", "vs batch 1", "p50 s", "p99 s", "ok"],
+            rows,
+        )
+    )
 
+
+def _measure(args, batch: int, clients: list[int]) -> dict[int, tuple]:
+    """(req/s, p50 s, p99 s, ok, requests) per number of clients, for one max_batch_size."""
     from ray import serve
 
     from rayalign.cluster import init_ray
     from rayalign.config import load_config
     from rayalign.judge.service import APP_NAME, start_judge
 
-    clients = [int(c) for c in args.clients.split(",")]
-    results = {}
-    for batch in (args.max_batch, 1):
-        cfg = load_config(
-            REPO / "configs/quickstart.yaml",
-            [
-                f"--judge.model={args.model}",
-                "--judge.k=1",
-                f"--judge.max_batch_size={batch}",
-                "--judge.batch_wait_s=0.02",
-                "--judge.max_new_tokens=320",
-                "--judge.timeout_s=600",
-                "--judge.cpus_per_replica=1",
-                "--judge.port=0",
-                f"--model.max_model_len={args.max_model_len}",
-                f"--judge.max_queued_requests={args.requests}",
-                "--rollout.cpus_per_worker=0.5",
-            ],
-        )
-        init_ray(cfg.cluster)
-        endpoint = start_judge(cfg)
-        asyncio.run(_load(endpoint.url, _requests(2), 1))  # warm-up: grammar compile, prefix cache
-        for c in clients:
-            n = max(args.requests // (4 if c == 1 else 1), c)
-            seconds, lat, ok = asyncio.run(_load(endpoint.url, _requests(n), c))
-            results[batch, c] = (n / seconds, _pct(lat, 50), _pct(lat, 99), ok, n)
-        serve.delete(APP_NAME)
-        serve.shutdown()
-    rows = []
-    for c in clients:
-        b, u = results[args.max_batch, c], results[1, c]
-        rows.append([c, b[0], u[0], f"{b[0] / u[0]:.2f}x", b[1], b[2], u[1], u[2], f"{b[3]}/{b[4]}"])
-    print(f"\nJudge service over HTTP, judge {args.model}, batched (max_batch_size={args.max_batch}) vs one at a time")
-    print(
-        table(
-            [
-                "clients",
-                "batched req/s",
-                "unbatched req/s",
-                "ratio",
-                "batched p50 s",
-                "batched p99 s",
-                "unbatched p50 s",
-                "unbatched p99 s",
-                "ok (batched)",
-            ],
-            rows,
-        )
+    cfg = load_config(
+        REPO / "configs/quickstart.yaml",
+        [
+            f"--judge.model={args.model}",
+            "--judge.k=1",
+            f"--judge.max_batch_size={batch}",
+            "--judge.batch_wait_s=0.02",
+            "--judge.max_new_tokens=320",
+            "--judge.timeout_s=600",
+            "--judge.cpus_per_replica=1",
+            "--judge.port=0",
+            f"--model.max_model_len={args.max_model_len}",
+            f"--judge.max_queued_requests={args.requests}",
+            "--rollout.cpus_per_worker=0.5",
+        ],
     )
+    init_ray(cfg.cluster)
+    endpoint = start_judge(cfg)
+    asyncio.run(_load(endpoint.url, _requests(2), 1))  # warm-up: grammar compile, prefix cache
+    out = {}
+    for c in clients:
+        n = max(args.requests // (4 if c == 1 or batch == 1 else 1), c)
+        seconds, lat, ok = asyncio.run(_load(endpoint.url, _requests(n), c))
+        out[c] = (n / seconds, _pct(lat, 50), _pct(lat, 99), ok, n)
+    serve.delete(APP_NAME)
+    serve.shutdown()
+    return out
 
 
 if __name__ == "__main__":

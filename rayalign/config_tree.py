@@ -14,6 +14,7 @@ import textwrap
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any, Literal
+
 from rayalign.types import Behavior
 
 
@@ -174,7 +175,10 @@ class JudgeConfig:
     max_batch_size: int = bounded(8, ge=1)
     """Largest dynamic batch a replica scores at once."""
     batch_wait_s: float = bounded(0.05, ge=0.0)
-    """How long a replica waits to fill a batch."""
+    """How long a replica whose backend has room waits for a batch to fill."""
+    concurrent_batches: int = bounded(1, ge=1)
+    """Batches a replica's backend works on at once: 1 for a local engine (it takes one batch at a time); a
+    function or openai judge can take several. Capacity = replicas x max_batch_size x concurrent_batches."""
     max_queued_requests: int = bounded(256, ge=1)
     """Requests waiting per replica before the service answers 503 (backpressure)."""
     timeout_s: float = bounded(120.0, gt=0.0)

@@ -153,6 +153,9 @@ def _check_single_actors(cfg: Config, origins: dict) -> None:
         )
     if r.gpus_per_worker == 0 and r.tensor_parallel_size > 1:
         _fail("tensor parallelism needs GPUs: set rollout.gpus_per_worker", "rollout.tensor_parallel_size", origins)
+    if cfg.judge.backend == "local" and cfg.judge.concurrent_batches > 1:
+        message = "a local judge engine takes one batch at a time: use 1, or raise judge.max_batch_size"
+        _fail(message, "judge.concurrent_batches", origins)
 
 
 def _check_learners(cfg: Config, origins: dict) -> None:

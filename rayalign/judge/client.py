@@ -6,7 +6,8 @@ backoff on overload and lost replicas, and turn a timeout into an
 unscorable verdict, so a training step never hangs on the judge.
 
 Capacity-aware dispatch: the client asks the service what it works on at
-once (``GET /v1/capacity``: running replicas x max_batch_size) and what its
+once (``GET /v1/capacity``: running replicas x max_batch_size x
+concurrent_batches) and what its
 own share of that is among the callers asking now, keeps no more than its
 share in flight (the rest wait on the client's side), and says when it is
 done. So
@@ -66,22 +67,25 @@ class JudgeCapacity:
     callers: int = 1
     """Callers sharing the service now (those that asked within the last few refreshes)."""
     share: int = 0
-    """Requests the asking caller may keep in flight: its part of ``replicas x max_batch_size`` (0: all of it)."""
+    """Requests the asking caller may keep in flight: its part of the whole (0: all of it)."""
+    concurrent_batches: int = 1
+    """Batches one replica works on at once."""
 
     def in_flight_limit(self, headroom: int = 0) -> int:
-        """Requests a client keeps in flight: its share of one batch per replica, plus ``headroom`` waiting
-        per replica.
+        """Requests a client keeps in flight: its share of what the replicas work on at once (replicas x
+        batch size x concurrent batches), plus ``headroom`` waiting per replica.
 
-        No headroom by default: ``serve.batch`` forms the next batch while the current one runs, so a
-        request waiting alone becomes a batch of one and the ones after it wait a batch longer (measured:
-        48 requests at 4 per 1 s batch took 19 s with one waiting per replica, 13 s with none).
+        No headroom by default: a waiting request's deadline would include the batch ahead of it.
 
         >>> JudgeCapacity(replicas=2, max_batch_size=8).in_flight_limit()
         16
+        >>> JudgeCapacity(replicas=2, max_batch_size=8, concurrent_batches=2).in_flight_limit(headroom=1)
+        34
         >>> JudgeCapacity(replicas=2, max_batch_size=8, callers=3, share=6).in_flight_limit()
         6
         """
-        return (self.share or self.replicas * self.max_batch_size) + self.replicas * headroom
+        whole = self.replicas * self.max_batch_size * self.concurrent_batches
+        return (self.share or whole) + self.replicas * headroom
 
 
 TIMEOUT, UNPARSEABLE, BACKEND_FAILED, SERVICE_FAILED, OTHER = (

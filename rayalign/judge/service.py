@@ -2,11 +2,14 @@
 
 ``JudgeService``: a FastAPI ingress (``POST /v1/judge``, ``GET /v1/stats``,
 ``GET /v1/capacity``, OpenAPI at ``/docs``) over a replica that owns the judge
-backend. Requests, whether over HTTP or a ``DeploymentHandle``, go through
-``@serve.batch``, so concurrent callers share one model call. A late verdict
+backend. Requests, whether over HTTP or a ``DeploymentHandle``, wait in one
+queue per replica and go to the backend in batches formed when it has room
+(:mod:`rayalign.judge.batching`), so concurrent callers share one model call
+and a request never sits in a half-empty batch formed early. A late verdict
 comes back *unscorable*, not as a hung request; a full queue answers 503.
 ``/v1/capacity?caller=ID`` tells a client how many requests to keep in flight:
-its share of running replicas x batch size among the callers asking now, kept
+its share of running replicas x batch size x concurrent batches among the
+callers asking now, kept
 by one small ``JudgeAdmission`` deployment (:mod:`rayalign.judge.admission`)
 for every replica. A request whose caller gave
 up (a timeout, a cancelled handle call, a closed HTTP connection) leaves the
@@ -33,6 +36,7 @@ from ray import serve
 
 from rayalign.judge.admission import AdmissionBook
 from rayalign.judge.backends import FunctionJudge, JudgeBackend, LocalJudge
+from rayalign.judge.batching import Batcher
 from rayalign.judge.cascade import score_with_cascade
 from rayalign.judge.classify import (
     category_regex,
@@ -73,6 +77,8 @@ class JudgeSettings:
     guided_json: bool = True
     max_batch_size: int = 8
     batch_wait_s: float = 0.05
+    concurrent_batches: int = 1
+    """Batches the backend works on at once (a local engine: 1)."""
     timeout_s: float = 120.0
     auth_token_env: str = ""
     cascade: bool = False
@@ -94,6 +100,7 @@ class JudgeSettings:
             guided_json=j.guided_json,
             max_batch_size=j.max_batch_size,
             batch_wait_s=j.batch_wait_s,
+            concurrent_batches=j.concurrent_batches,
             timeout_s=j.timeout_s,
             auth_token_env=j.auth_token_env,
             cascade=j.cascade,
@@ -148,6 +155,9 @@ class JudgeStats:
     """Requests whose caller gave up (timeout, cancelled, disconnected) before their batch started: never computed."""
     computed_for_nobody: int = 0
     """Requests whose caller gave up while their batch ran: computed, the answer thrown away."""
+    batch_seconds: float = 0.0
+    """Seconds the scoring batches took, summed (their mean is a batch's own time: the service's capacity is
+    max_batch_size x concurrent_batches per mean batch)."""
 
 
 def running_replicas(default: int = 1) -> int:
@@ -189,19 +199,23 @@ class JudgeService:
         self.templates = load_templates(settings.spec_path)
         self.backend = build_judge_backend(settings, self.spec)
         self.token = os.environ.get(settings.auth_token_env, "") if settings.auth_token_env else ""
-        self.score_batch.set_max_batch_size(settings.max_batch_size)
-        self.score_batch.set_batch_wait_timeout_s(settings.batch_wait_s)
-        self.classify_batch.set_max_batch_size(settings.max_batch_size)
-        self.classify_batch.set_batch_wait_timeout_s(settings.batch_wait_s)
-        self.batch_sizes: collections.Counter[int] = collections.Counter()
+        self._batchers: tuple[Batcher, Batcher] | None = None
         self.counts = collections.Counter()
         self.started: set[int] = set()
         """id() of the requests and prompts in a batch that has started (their callers are still waiting)."""
         self.replicas, self.replicas_read_at = 1, float("-inf")
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
+    def batchers(self) -> tuple[Batcher, Batcher]:
+        """(scoring, classifying): made on first use, in the replica's event loop; they take turns on the
+        backend's ``concurrent_batches`` slots."""
+        if self._batchers is None:
+            s = self.settings
+            slots = asyncio.Semaphore(s.concurrent_batches)
+            size = {"max_batch_size": s.max_batch_size, "batch_wait_s": s.batch_wait_s, "slots": slots}
+            self._batchers = (Batcher(self.score_batch, **size), Batcher(self.classify_batch, **size))
+        return self._batchers
+
     async def score_batch(self, requests: list[JudgeRequest]) -> list[Verdict]:
-        self.batch_sizes[len(requests)] += 1
         self.started.update(map(id, requests))
         return await score_with_cascade(
             requests,
@@ -221,16 +235,14 @@ class JudgeService:
     async def score(self, request: JudgeRequest) -> Verdict:
         """Score one request (handle callers); the batcher groups concurrent calls."""
         self.counts["requests"] += 1
-        verdict = await self._batched(self.score_batch, request, lambda why: self._unscorable(why, request))
+        verdict = await self._batched(self.batchers()[0], request, lambda why: self._unscorable(why, request))
         self.counts["unscorable"] += verdict.status != "ok"
         self.counts["cascade"] += verdict.decided_by == "cascade"
         return verdict
 
     async def _batched(self, batch_call: Callable[..., Awaitable], item, failed: Callable[[str], object]):
         """``batch_call(item)`` under the replica's deadline. A caller that gives up takes its item out of the
-        batch queue: ``serve.batch`` skips an entry whose caller was cancelled before its batch started
-        (ray/serve/batching.py, ``_process_batch_inner``); one already in a running batch is computed anyway.
-        """
+        queue (the batcher skips it); one already in a running batch is computed anyway."""
         try:
             return await asyncio.wait_for(batch_call(item), self.settings.timeout_s)
         except asyncio.TimeoutError:
@@ -251,7 +263,6 @@ class JudgeService:
             reason, spec_hash=self.spec.hash, template_hash=self.templates.hash, request_id=request.request_id
         )
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
     async def classify_batch(self, prompts: list[Prompt]) -> list[Classification]:
         self.started.update(map(id, prompts))
         try:
@@ -268,7 +279,7 @@ class JudgeService:
     async def classify(self, prompt: Prompt) -> Classification:
         """The spec category of one prompt, or none (handle callers); batched like ``score``."""
         return await self._batched(
-            self.classify_batch, prompt, lambda why: Classification(prompt.id, "unscorable", None, why)
+            self.batchers()[1], prompt, lambda why: Classification(prompt.id, "unscorable", None, why)
         )
 
     @app.post("/v1/classify", response_model=Classification)
@@ -302,7 +313,8 @@ class JudgeService:
             requests=self.counts["requests"],
             unscorable=self.counts["unscorable"],
             timeouts=self.counts["timeouts"],
-            batch_sizes=dict(self.batch_sizes),
+            batch_sizes=dict(self._batchers[0].sizes) if self._batchers else {},
+            batch_seconds=self._batchers[0].seconds if self._batchers else 0.0,
             pid=os.getpid(),
             cascade=self.counts["cascade"],
             judged=self.counts["judged"],
@@ -317,7 +329,8 @@ class JudgeService:
         if time.monotonic() - self.replicas_read_at > REPLICAS_READ_S:
             self.replicas = await asyncio.to_thread(running_replicas, self.replicas)  # a controller call: blocks
             self.replicas_read_at = time.monotonic()
-        total = self.replicas * self.settings.max_batch_size
+        s = self.settings
+        total = self.replicas * s.max_batch_size * s.concurrent_batches
         share, callers = total, 1
         if caller and self.admission is not None:
             try:
@@ -326,7 +339,9 @@ class JudgeService:
                 log.warning(
                     "judge admission unavailable (%s: %s): %s gets the whole capacity", type(e).__name__, e, caller
                 )
-        return JudgeCapacity(self.replicas, self.settings.max_batch_size, CAPACITY_REFRESH_S, callers, share)
+        return JudgeCapacity(
+            self.replicas, s.max_batch_size, CAPACITY_REFRESH_S, callers, share, concurrent_batches=s.concurrent_batches
+        )
 
     @app.delete("/v1/capacity")
     async def leave(self, caller: str) -> dict:
@@ -361,7 +376,7 @@ def judge_app(cfg, settings: JudgeSettings | None = None):
                 "max_replicas": j.max_replicas,
                 # Clients keep one full batch per replica in flight and hold the rest: a busy replica reads
                 # as 4/3 of the target, so the deployment grows while clients wait on their side.
-                "target_ongoing_requests": 0.75 * j.max_batch_size,
+                "target_ongoing_requests": 0.75 * j.max_batch_size * j.concurrent_batches,
             }
         }
         if j.max_replicas > j.replicas
@@ -369,7 +384,7 @@ def judge_app(cfg, settings: JudgeSettings | None = None):
     )
     return JudgeService.options(
         ray_actor_options=actor_options,
-        max_ongoing_requests=2 * j.max_batch_size,  # lets a batch fill while the last one runs
+        max_ongoing_requests=2 * j.max_batch_size * j.concurrent_batches,  # the next batches fill while these run
         max_queued_requests=j.max_queued_requests,
         **scaling,
     ).bind(settings, JudgeAdmission.bind(CAPACITY_EXPIRE_S))

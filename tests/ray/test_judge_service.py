@@ -228,7 +228,14 @@ def test_the_deadline_measures_a_verdicts_own_work_not_the_queue(slow_judge):
     (before capacity-aware dispatch, with a 3 s deadline, 8 of 48 came back scored, the rest timed out)."""
     url, handle = slow_judge
     asked = httpx.get(f"{url}/v1/capacity", timeout=30).json()  # no caller id: the whole capacity, unshared
-    assert asked == {"replicas": 1, "max_batch_size": 4, "refresh_s": 2.0, "callers": 1, "share": 4}
+    assert asked == {
+        "replicas": 1,
+        "max_batch_size": 4,
+        "refresh_s": 2.0,
+        "callers": 1,
+        "share": 4,
+        "concurrent_batches": 1,
+    }
     before = _stats(url)
     client = JudgeClient(handle=handle, timeout_s=4)
     tick = time.perf_counter()

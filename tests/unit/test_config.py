@@ -157,6 +157,12 @@ def test_tensor_parallel_needs_gpus():
         load_config(None, ["--rollout.tensor_parallel_size=2"])
 
 
+def test_a_local_judge_takes_one_batch_at_a_time():
+    with pytest.raises(ConfigError, match="judge.concurrent_batches: a local judge engine takes one batch at a time"):
+        load_config(None, ["--judge.concurrent_batches=2"])
+    assert load_config(None, ["--judge.backend=function", "--judge.concurrent_batches=4"]).judge.concurrent_batches == 4
+
+
 def test_defaults_fit_two_cpus():
     check_resource_plan(Config())
     demands = stage_demands(Config())

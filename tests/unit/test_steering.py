@@ -173,7 +173,9 @@ def test_spec_refusals_vary_across_prompts_and_are_all_refusals(spec, templates)
     gen, steer = templates
     g = _g(close_reasoning=True, answer_context="plain", refusals="spec")
     answers = {
-        split_completion(condition(spec, gen, steer, g, dataclasses.replace(_prompt(expected="refuse"), id=str(i))).rendered).answer
+        split_completion(
+            condition(spec, gen, steer, g, dataclasses.replace(_prompt(expected="refuse"), id=str(i))).rendered
+        ).answer
         for i in range(40)
     }
     assert len(answers) >= 4
