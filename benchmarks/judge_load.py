@@ -6,13 +6,16 @@ capacity is known: replicas x max_batch_size verdicts a second. CALLERS
 clients send REQUESTS requests in all at once, each with a per-verdict
 deadline (``judge.timeout_s``) far shorter than the queue takes to drain.
 
-Two settings in the same run, the same service:
+Settings in the same run, on the same replica settings:
 
-- shared: each client keeps its share of the capacity in flight (what
-  ``JudgeClient`` does: it asks ``/v1/capacity?caller=ID``);
-- unshared (baseline): each client keeps the whole capacity in flight, as if
-  it were alone (what every client did before the service kept a book of
-  callers).
+- shared, for each ``--queued`` value: each client keeps its share of the
+  service's dispatch capacity in flight (what ``JudgeClient`` does: it asks
+  ``/v1/capacity?caller=ID``); the capacity is the running batch plus
+  ``judge.queued_batches`` full batches waiting behind it, so with 1 the
+  replica starts its next batch the moment one ends;
+- unshared (baseline): each client keeps the whole capacity (the running
+  batch, nothing queued) in flight, as if it were alone (what every client
+  did before the service kept a book of callers).
 
 For each it prints verdicts lost (unscorable), deadlines missed and retried,
 throughput against the capacity (nominal: batch size per second; measured:
@@ -20,7 +23,7 @@ batch size per mean batch duration, as the replica timed its batches), and
 what the replica computed (from ``/v1/stats``: requests judged, dropped,
 computed for nobody).
 
-    python benchmarks/judge_load.py [--requests 500] [--callers 3] [--batch 8] [--deadline 3]
+    python benchmarks/judge_load.py [--requests 500] [--callers 3] [--batch 8] [--deadline 3] [--queued 0,1]
 """
 
 from __future__ import annotations
@@ -97,34 +100,42 @@ def main() -> None:
     p.add_argument("--callers", type=int, default=3)
     p.add_argument("--batch", type=int, default=8, help="judge.max_batch_size (one replica)")
     p.add_argument("--deadline", type=float, default=3.0, help="judge.timeout_s: seconds a verdict may take")
+    p.add_argument("--queued", default="0,1", help="judge.queued_batches values for the shared runs, comma-separated")
     args = p.parse_args()
+    queued = [int(q) for q in args.queued.split(",")]
 
     from ray import serve
 
     from rayalign.cluster import init_ray
     from rayalign.config import load_config
-    from rayalign.judge.service import APP_NAME, start_judge
+    from rayalign.judge.service import APP_NAME, judge_app, start_judge
     from rayalign.testing import SLOW_JUDGE_S
 
-    cfg = load_config(
-        REPO / "configs/quickstart.yaml",
-        [
-            "--judge.backend=function",
-            "--judge.function=rayalign.testing:slow_judge",
-            "--judge.cascade=false",
-            "--judge.k=1",
-            f"--judge.max_batch_size={args.batch}",
-            "--judge.batch_wait_s=0.05",
-            f"--judge.timeout_s={args.deadline}",
-            "--judge.port=0",
-        ],
-    )
-    init_ray(cfg.cluster)
-    endpoint = start_judge(cfg)
+    def config(queued_batches: int):
+        return load_config(
+            REPO / "configs/quickstart.yaml",
+            [
+                "--judge.backend=function",
+                "--judge.function=rayalign.testing:slow_judge",
+                "--judge.cascade=false",
+                "--judge.k=1",
+                f"--judge.max_batch_size={args.batch}",
+                "--judge.batch_wait_s=0.05",
+                f"--judge.timeout_s={args.deadline}",
+                f"--judge.queued_batches={queued_batches}",
+                "--judge.port=0",
+            ],
+        )
+
+    init_ray(config(0).cluster)
+    endpoint = start_judge(config(queued[0]))
     capacity = args.batch / SLOW_JUDGE_S
     per_caller = [args.requests // args.callers + (k < args.requests % args.callers) for k in range(args.callers)]
+    runs = [(q, True) for q in queued] + [(0, False)]
     rows = []
-    for shared in (True, False):
+    for k, (q, shared) in enumerate(runs):
+        if k and q != runs[k - 1][0]:  # the same route, a fresh replica with the next setting
+            serve.run(judge_app(config(q)), name=APP_NAME, route_prefix="/")
         before = _stats(endpoint.url)
         seconds, losses = asyncio.run(_callers(endpoint.url, per_caller, args.deadline, shared))
         after = _stats(endpoint.url)
@@ -134,10 +145,11 @@ def main() -> None:
         batches = sum(after["batch_sizes"].values()) - sum(before["batch_sizes"].values())
         mean_batch_s = (after["batch_seconds"] - before["batch_seconds"]) / max(batches, 1)
         measured = args.batch / mean_batch_s if mean_batch_s else float("nan")
-        print(f"{'shared' if shared else 'unshared'}: {unscorable} unscorable, {seconds:.0f} s, {grew}", flush=True)
+        name = f"shared, {q} batch(es) queued" if shared else "unshared (baseline)"
+        print(f"{name}: {unscorable} unscorable, {seconds:.0f} s, {grew}", flush=True)
         rows.append(
             [
-                "shared (JudgeClient)" if shared else "unshared (baseline)",
+                name,
                 f"{unscorable}/{args.requests}",
                 sum(x.retried for x in losses),
                 seconds,

@@ -179,12 +179,18 @@ class JudgeConfig:
     concurrent_batches: int = bounded(1, ge=1)
     """Batches a replica's backend works on at once: 1 for a local engine (it takes one batch at a time); a
     function or openai judge can take several. Capacity = replicas x max_batch_size x concurrent_batches."""
+    queued_batches: int = bounded(1, ge=0)
+    """Full batches per replica that callers keep waiting behind the running ones, so the backend starts its
+    next batch the moment one ends instead of idling for the callers' next requests (an HTTP round trip and
+    judge.batch_wait_s). Callers keep replicas x max_batch_size x (concurrent_batches + queued_batches) in
+    flight; a waiting request's deadline (judge.timeout_s) then covers up to 1 + queued_batches batch times."""
     max_queued_requests: int = bounded(256, ge=1)
     """Requests waiting per replica before the service answers 503 (backpressure)."""
     timeout_s: float = bounded(120.0, gt=0.0)
     """Per-verdict deadline on the request's own work, from when the client dispatches it: the client keeps only
-    as many requests in flight as the replicas batch at once, so time queued on the client's side does not count.
-    Give it a batch's duration with room to spare; a late verdict is asked again (judge.timeout_retries)."""
+    as many requests in flight as the replicas batch at once plus judge.queued_batches waiting, so time queued on
+    the client's side does not count. Give it (1 + queued_batches) batch durations with room to spare; a late
+    verdict is asked again (judge.timeout_retries)."""
     timeout_retries: int = bounded(1, ge=0)
     """Times a verdict that missed judge.timeout_s is asked again before it comes back unscorable (timeout)."""
     max_unscorable_share: float = bounded(0.05, ge=0.0, le=1.0)

@@ -135,8 +135,9 @@ def sft_stage(cfg: Config, *, data: str | None = None, restart: bool = False) ->
     start = time.perf_counter()
     r = run_sft(cfg, data, layout.stage("sft"), resume=not restart)
     seconds = time.perf_counter() - start
+    trained = f"{r.tokens_per_s:.0f} tok/s" if r.losses else "already complete: nothing trained"
     rows = (
-        ("steps", f"{r.start_step}->{r.steps}, final loss {r.final_loss:.4f}, {r.tokens_per_s:.0f} tok/s"),
+        ("steps", f"{r.start_step}->{r.steps}, final loss {r.final_loss:.4f}, {trained}"),
         ("model", str(r.model_dir)),
         ("checkpoint", str(r.checkpoint)),
         ("metrics", str(layout.root / "metrics.jsonl")),

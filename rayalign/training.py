@@ -30,6 +30,7 @@ import shutil
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
@@ -76,6 +77,9 @@ class TrainingJob:
     """Hash of the training data; a checkpoint made on other data is refused."""
     total_steps: int
     """The step this run ends at (the last checkpoint is written there)."""
+    call: str = field(default_factory=lambda: uuid.uuid4().hex[:12], kw_only=True)
+    """This driver call's id, stamped on the summaries its workers report: a call that finds training already
+    complete gets back the summary of the call that completed it, and must not present it as its own."""
 
     @property
     def learner(self) -> LearnerConfig:
@@ -143,6 +147,8 @@ class Progress:
     stage adds its per-step values and builds its summary from them."""
 
     start_step: int
+    call: str = ""
+    """The reporting driver call (:attr:`TrainingJob.call`)."""
     seconds: float = 0.0
     """Seconds of the steps this call ran (checkpoints excluded)."""
     items: int = 0
@@ -321,6 +327,9 @@ class Trained(Generic[S]):
     """The latest checkpoint folder."""
     model_dir: Path
     """Its model, published in Hugging Face format."""
+    ran: bool = True
+    """Whether this call trained: False when it found training complete (``summary`` is then the
+    completing call's)."""
 
 
 def fit(
@@ -334,10 +343,12 @@ def fit(
         result = ray_trainer(loop, job, storage, queue).fit()
     if result.checkpoint is None or not result.metrics:
         raise RuntimeError(f"{job.stage.upper()} finished without a checkpoint in {storage}")
+    reported = from_dict(summary, result.metrics)
     return Trained(
-        summary=from_dict(summary, result.metrics),
+        summary=reported,
         checkpoint=Path(result.checkpoint.path),
         model_dir=publish_model(result.checkpoint, output_dir / "model"),
+        ran=getattr(reported, "call", "") == job.call,
     )
 
 

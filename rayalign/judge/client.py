@@ -7,12 +7,12 @@ unscorable verdict, so a training step never hangs on the judge.
 
 Capacity-aware dispatch: the client asks the service what it works on at
 once (``GET /v1/capacity``: running replicas x max_batch_size x
-concurrent_batches) and what its
-own share of that is among the callers asking now, keeps no more than its
-share in flight (the rest wait on the client's side), and says when it is
-done. So
-``timeout_s`` is a deadline on a verdict's own work,
-not on the queue ahead of it, and a verdict that misses it is asked once more
+(concurrent_batches + queued_batches), the batches running and those waiting
+behind them) and what its own share of that is among the callers asking now,
+keeps no more than its share in flight (the rest wait on the client's side),
+and says when it is done. So ``timeout_s`` is a deadline on a verdict's own
+work and the batches ahead of it on the replica, not on the whole queue, and
+a verdict that misses it is asked once more
 (``timeout_retries``) before it comes back unscorable. :meth:`JudgeClient.losses`
 counts what came back unscorable, by reason; :func:`losses_warning` says it
 out loud.
@@ -70,22 +70,21 @@ class JudgeCapacity:
     """Requests the asking caller may keep in flight: its part of the whole (0: all of it)."""
     concurrent_batches: int = 1
     """Batches one replica works on at once."""
+    queued_batches: int = 0
+    """Full batches per replica kept waiting behind the running ones (the backend never idles between them)."""
 
-    def in_flight_limit(self, headroom: int = 0) -> int:
-        """Requests a client keeps in flight: its share of what the replicas work on at once (replicas x
-        batch size x concurrent batches), plus ``headroom`` waiting per replica.
-
-        No headroom by default: a waiting request's deadline would include the batch ahead of it.
+    def in_flight_limit(self) -> int:
+        """Requests a client keeps in flight: its share of what the replicas work on at once and keep
+        waiting (replicas x batch size x (concurrent + queued batches)).
 
         >>> JudgeCapacity(replicas=2, max_batch_size=8).in_flight_limit()
         16
-        >>> JudgeCapacity(replicas=2, max_batch_size=8, concurrent_batches=2).in_flight_limit(headroom=1)
-        34
+        >>> JudgeCapacity(replicas=2, max_batch_size=8, concurrent_batches=2, queued_batches=1).in_flight_limit()
+        48
         >>> JudgeCapacity(replicas=2, max_batch_size=8, callers=3, share=6).in_flight_limit()
         6
         """
-        whole = self.replicas * self.max_batch_size * self.concurrent_batches
-        return (self.share or whole) + self.replicas * headroom
+        return self.share or self.replicas * self.max_batch_size * (self.concurrent_batches + self.queued_batches)
 
 
 TIMEOUT, UNPARSEABLE, BACKEND_FAILED, SERVICE_FAILED, OTHER = (
@@ -249,18 +248,16 @@ class JudgeClient:
         retries: int = 3,
         backoff_s: float = 0.5,
         concurrency: int = 64,
-        headroom: int = 0,
     ):
         """``timeout_s`` is a per-verdict deadline from dispatch; a verdict that misses it is asked again
         ``timeout_retries`` times. ``retries`` (with backoff) are for overload and lost replicas.
-        ``concurrency`` caps requests in flight above the service's capacity; ``headroom`` adds requests
-        per replica that wait for the next batch (see :meth:`JudgeCapacity.in_flight_limit`)."""
+        ``concurrency`` caps requests in flight above the service's capacity."""
         if sum(x is not None for x in (url, handle, transport)) != 1:
             raise ValueError("give exactly one of url=, handle= or transport=")
         self.url, self.handle, self.transport, self.token = url, handle, transport, token
         self.timeout_s, self.timeout_retries = timeout_s, timeout_retries
         self.retries, self.backoff_s = retries, backoff_s
-        self.concurrency, self.headroom = concurrency, headroom
+        self.concurrency = concurrency
         self.capacity: JudgeCapacity | None = None
         """What the service said it works on at once, last time asked (None: never answered)."""
         self.attempts = 0
@@ -327,7 +324,7 @@ class JudgeClient:
             self.capacity = await asyncio.wait_for(asked, CAPACITY_ASK_TIMEOUT_S)
         if self.capacity is None:
             return self.concurrency
-        return min(self.concurrency, self.capacity.in_flight_limit(self.headroom))
+        return min(self.concurrency, self.capacity.in_flight_limit())
 
     async def _keep_limit(self, transport: JudgeTransport, gate: CapacityGate) -> None:
         """Re-ask the capacity while requests are out: autoscaling adds replicas under load."""

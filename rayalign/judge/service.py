@@ -79,6 +79,8 @@ class JudgeSettings:
     batch_wait_s: float = 0.05
     concurrent_batches: int = 1
     """Batches the backend works on at once (a local engine: 1)."""
+    queued_batches: int = 1
+    """Full batches per replica that callers keep waiting behind the running ones."""
     timeout_s: float = 120.0
     auth_token_env: str = ""
     cascade: bool = False
@@ -101,6 +103,7 @@ class JudgeSettings:
             max_batch_size=j.max_batch_size,
             batch_wait_s=j.batch_wait_s,
             concurrent_batches=j.concurrent_batches,
+            queued_batches=j.queued_batches,
             timeout_s=j.timeout_s,
             auth_token_env=j.auth_token_env,
             cascade=j.cascade,
@@ -330,7 +333,7 @@ class JudgeService:
             self.replicas = await asyncio.to_thread(running_replicas, self.replicas)  # a controller call: blocks
             self.replicas_read_at = time.monotonic()
         s = self.settings
-        total = self.replicas * s.max_batch_size * s.concurrent_batches
+        total = self.replicas * s.max_batch_size * (s.concurrent_batches + s.queued_batches)
         share, callers = total, 1
         if caller and self.admission is not None:
             try:
@@ -340,7 +343,13 @@ class JudgeService:
                     "judge admission unavailable (%s: %s): %s gets the whole capacity", type(e).__name__, e, caller
                 )
         return JudgeCapacity(
-            self.replicas, s.max_batch_size, CAPACITY_REFRESH_S, callers, share, concurrent_batches=s.concurrent_batches
+            self.replicas,
+            s.max_batch_size,
+            CAPACITY_REFRESH_S,
+            callers,
+            share,
+            concurrent_batches=s.concurrent_batches,
+            queued_batches=s.queued_batches,
         )
 
     @app.delete("/v1/capacity")
@@ -374,9 +383,9 @@ def judge_app(cfg, settings: JudgeSettings | None = None):
             "autoscaling_config": {
                 "min_replicas": j.replicas,
                 "max_replicas": j.max_replicas,
-                # Clients keep one full batch per replica in flight and hold the rest: a busy replica reads
-                # as 4/3 of the target, so the deployment grows while clients wait on their side.
-                "target_ongoing_requests": 0.75 * j.max_batch_size * j.concurrent_batches,
+                # Clients keep the running and waiting batches per replica in flight and hold the rest: a busy
+                # replica reads as 4/3 of the target, so the deployment grows while clients wait on their side.
+                "target_ongoing_requests": 0.75 * j.max_batch_size * (j.concurrent_batches + j.queued_batches),
             }
         }
         if j.max_replicas > j.replicas
@@ -384,7 +393,8 @@ def judge_app(cfg, settings: JudgeSettings | None = None):
     )
     return JudgeService.options(
         ray_actor_options=actor_options,
-        max_ongoing_requests=2 * j.max_batch_size * j.concurrent_batches,  # the next batches fill while these run
+        # the running batches and the waiting ones; at least one batch more, so the next fills while these run
+        max_ongoing_requests=j.max_batch_size * (j.concurrent_batches + max(1, j.queued_batches)),
         max_queued_requests=j.max_queued_requests,
         **scaling,
     ).bind(settings, JudgeAdmission.bind(CAPACITY_EXPIRE_S))

@@ -123,6 +123,8 @@ class RLSummary:
     policy_version: int
     completions_per_s: float
     """Completions trained on per second of steps (generate + reward + learn + sync), checkpoints excluded."""
+    call: str = ""
+    """The driver call that reported it (:attr:`rayalign.training.TrainingJob.call`)."""
 
 
 # ------------------------------------------------------------ phases
@@ -310,6 +312,7 @@ class _Progress(Progress):
         return RLSummary(
             step=state.step,
             start_step=self.start_step,
+            call=self.call,
             rewards=tuple(self.rewards),
             kls=tuple(self.kls),
             prompts_seen=state.prompts_seen,
@@ -384,7 +387,7 @@ def rl_loop(config: dict) -> None:
     if rank == 0:
         client = connect_judge(job.cfg.judge.timeout_s, job.cfg.judge.timeout_retries)
         rollouts = _Rollouts(job, client, ray.get(job.prompts))
-    progress, reporter = _Progress(state.step), StepReporter(config, rank)
+    progress, reporter = _Progress(state.step, job.call), StepReporter(config, rank)
     try:
         with rank0_tracker(job, rank) as tracker:
             for step in range(state.step, job.total_steps):

@@ -56,15 +56,16 @@ class RLResult:
 
     @classmethod
     def of(cls, trained: Trained[RLSummary]) -> RLResult:
+        """What this call did: one that found training complete started at its last step and trained nothing."""
         summary = trained.summary
         return cls(
             steps=summary.step,
-            start_step=summary.start_step,
-            rewards=summary.rewards,
-            kls=summary.kls,
+            start_step=summary.start_step if trained.ran else summary.step,
+            rewards=summary.rewards if trained.ran else (),
+            kls=summary.kls if trained.ran else (),
             prompts_seen=summary.prompts_seen,
             policy_version=summary.policy_version,
-            completions_per_s=summary.completions_per_s,
+            completions_per_s=summary.completions_per_s if trained.ran else 0.0,
             checkpoint=trained.checkpoint,
             model_dir=trained.model_dir,
         )

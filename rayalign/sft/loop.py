@@ -107,6 +107,8 @@ class SFTSummary:
     tokens_per_s: float
     """Non-padding tokens per second of steps, all workers together (checkpoints excluded)."""
     tokens_seen: int
+    call: str = ""
+    """The driver call that reported it (:attr:`rayalign.training.TrainingJob.call`)."""
 
 
 @dataclass(frozen=True)
@@ -203,6 +205,7 @@ class _Progress(Progress):
         return SFTSummary(
             step=state.step,
             start_step=self.start_step,
+            call=self.call,
             loss=self.losses[-1],
             losses=tuple(self.losses),
             tokens_per_s=self.rate(),
@@ -223,7 +226,7 @@ def train_loop(config: dict) -> None:
     fresh = TrainState(0, 0, job.fingerprint, world_size, job.steps_per_epoch)
     state = restore(learner, job, rank, world_size, fresh)
     tokenizer = load_tokenizer(job.model_path) if rank == 0 else None
-    progress, reporter = _Progress(state.step), StepReporter(config, rank)
+    progress, reporter = _Progress(state.step, job.call), StepReporter(config, rank)
     with rank0_tracker(job, rank) as tracker:
         tracker.summary({f"sft/data_{k}": v for k, v in asdict(job.data).items()})
         for step in range(state.step, job.total_steps):

@@ -57,13 +57,14 @@ class SFTResult:
 
     @classmethod
     def of(cls, trained: Trained[SFTSummary]) -> SFTResult:
+        """What this call did: one that found training complete started at its last step and trained nothing."""
         summary = trained.summary
         return cls(
             steps=summary.step,
-            start_step=summary.start_step,
+            start_step=summary.start_step if trained.ran else summary.step,
             final_loss=summary.loss,
-            losses=summary.losses,
-            tokens_per_s=summary.tokens_per_s,
+            losses=summary.losses if trained.ran else (),
+            tokens_per_s=summary.tokens_per_s if trained.ran else 0.0,
             checkpoint=trained.checkpoint,
             model_dir=trained.model_dir,
         )
@@ -110,8 +111,8 @@ def run_sft(cfg: Config, examples_path: str | Path, output_dir: str | Path, *, r
     Per-step metrics (``sft/loss``, ``sft/lr``, ``sft/grad_norm``,
     ``sft/tokens_per_s``, ``timing/step``) go to the tracker in
     ``cfg.tracking.run_dir``; the final model to ``<output_dir>/model``.
-    A call that finds training already complete trains nothing and returns
-    the result of the call that completed it.
+    A call that finds training already complete trains nothing: it returns
+    start_step == steps, no losses, and the completing call's final loss and model.
     """
     check_resource_plan(cfg)  # a worker that cannot be placed would wait forever
     output_dir, storage = checkpoint_storage(output_dir, "sft", cfg.tracking.run_dir, resume=resume)

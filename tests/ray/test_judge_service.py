@@ -224,8 +224,9 @@ def _grew(before: dict, after: dict) -> dict:
 
 
 def test_the_deadline_measures_a_verdicts_own_work_not_the_queue(slow_judge):
-    """48 requests at 4 per 1 s batch queue for 12 s; a 4 s deadline still holds for every one of them
-    (before capacity-aware dispatch, with a 3 s deadline, 8 of 48 came back scored, the rest timed out)."""
+    """48 requests at 4 per 1 s batch queue for 12 s; a 4 s deadline still holds for every one of them: the
+    client keeps the running batch and one waiting batch in flight (before capacity-aware dispatch, with a 3 s
+    deadline, 8 of 48 came back scored, the rest timed out)."""
     url, handle = slow_judge
     asked = httpx.get(f"{url}/v1/capacity", timeout=30).json()  # no caller id: the whole capacity, unshared
     assert asked == {
@@ -233,8 +234,9 @@ def test_the_deadline_measures_a_verdicts_own_work_not_the_queue(slow_judge):
         "max_batch_size": 4,
         "refresh_s": 2.0,
         "callers": 1,
-        "share": 4,
+        "share": 8,
         "concurrent_batches": 1,
+        "queued_batches": 1,
     }
     before = _stats(url)
     client = JudgeClient(handle=handle, timeout_s=4)
@@ -243,7 +245,9 @@ def test_the_deadline_measures_a_verdicts_own_work_not_the_queue(slow_judge):
     took = time.perf_counter() - tick
     assert [v.status for v in verdicts] == ["ok"] * 48, [v.explanation for v in verdicts if v.status != "ok"][:3]
     assert took > 2 * 4  # the queue really outlasted the deadline
-    assert client.capacity == JudgeCapacity(replicas=1, max_batch_size=4, refresh_s=2.0, callers=1, share=4)
+    assert client.capacity == JudgeCapacity(
+        replicas=1, max_batch_size=4, refresh_s=2.0, callers=1, share=8, queued_batches=1
+    )
     assert client.losses() == JudgeLosses(results=48, unscorable={}, retried=0)
     after = _stats(url)
     assert _grew(before, after) == {"requests": 48, "judged": 48, "timeouts": 0, "dropped": 0, "computed_for_nobody": 0}
@@ -254,7 +258,8 @@ def test_the_deadline_measures_a_verdicts_own_work_not_the_queue(slow_judge):
 
 def test_three_callers_share_the_capacity_no_verdict_lost_each_computed_once(slow_judge):
     """Three clients at once (two over handles, one over HTTP), 24 requests each: 72 at 4 per 1 s batch
-    queue for 18 s, far past the 4 s deadline. Sharing the capacity (2 + 1 + 1 of 4), none is lost and
+    queue for 18 s, far past the 4 s deadline. Sharing the capacity (3 + 3 + 2 of 8: a running and a waiting
+    batch), none is lost and
     the replica computes each request once."""
     url, handle = slow_judge
     before = _stats(url)
@@ -278,7 +283,7 @@ def test_three_callers_share_the_capacity_no_verdict_lost_each_computed_once(slo
     }
     alone = JudgeClient(url=url, timeout_s=4)
     alone.score_sync([_request(900)])
-    assert alone.capacity.callers == 1 and alone.capacity.share == 4  # the three said they were done
+    assert alone.capacity.callers == 1 and alone.capacity.share == 8  # the three said they were done
 
 
 def _hold_the_replica(url: str, handle, i: int):

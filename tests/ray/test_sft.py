@@ -160,3 +160,15 @@ def test_resume_continues_at_the_saved_step_and_data_position(zero2_run, example
     trained, _ = load_model(str(result.model_dir), dtype="float32")
     base, _ = load_model(cfg.model.policy, dtype="float32")
     assert _mean_loss(trained, cfg, examples_path) < 0.7 * _mean_loss(base, cfg, examples_path)
+
+
+def test_a_call_that_finds_training_complete_says_it_trained_nothing(zero2_run, examples_path):
+    """Run after the resume above: the last checkpoint is step 24 of 24. The call starts its workers, trains
+    no step, and reports that (not the completing call's start step and losses as its own)."""
+    cfg, out, _ = zero2_run
+    more = dataclasses.replace(cfg, sft=dataclasses.replace(cfg.sft, max_steps=24))
+    before = _step_lines(out)
+    result = run_sft(more, examples_path, out / "sft", resume=True)
+    assert (result.start_step, result.steps, result.losses, result.tokens_per_s) == (24, 24, (), 0.0)
+    assert result.final_loss == pytest.approx(before[-1]["sft/loss"])
+    assert _step_lines(out) == before
