@@ -390,6 +390,7 @@ def rl_loop(config: dict) -> None:
     progress, reporter = _Progress(state.step, job.call), StepReporter(config, rank)
     try:
         with rank0_tracker(job, rank) as tracker:
+            tracker.summary({"rl/torch_threads": torch.get_num_threads()})
             for step in range(state.step, job.total_steps):
                 timings: dict[str, float] = {}
                 with timed(timings, "step"):

@@ -228,7 +228,9 @@ def train_loop(config: dict) -> None:
     tokenizer = load_tokenizer(job.model_path) if rank == 0 else None
     progress, reporter = _Progress(state.step, job.call), StepReporter(config, rank)
     with rank0_tracker(job, rank) as tracker:
-        tracker.summary({f"sft/data_{k}": v for k, v in asdict(job.data).items()})
+        tracker.summary(
+            {**{f"sft/data_{k}": v for k, v in asdict(job.data).items()}, "sft/torch_threads": torch.get_num_threads()}
+        )
         for step in range(state.step, job.total_steps):
             lr = s.lr * lr_factor(step, s.warmup_steps, job.total_steps)
             timings: dict[str, float] = {}
