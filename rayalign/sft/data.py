@@ -307,15 +307,41 @@ def prefer_flat(lengths: Sequence[int], context_scale: float) -> bool:
     return total * (1 + total / context_scale) < padded
 
 
-def loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+def next_token_labels(labels: torch.Tensor) -> torch.Tensor:
+    """(B, T) labels of the token after each position; IGNORE_INDEX after the last.
+
+    >>> next_token_labels(torch.tensor([[-100, 6, 7], [8, -100, -100]])).tolist()
+    [[6, 7, -100], [-100, -100, -100]]
+    """
+    return torch.nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:]
+
+
+def scored_positions(labels: torch.Tensor) -> torch.Tensor:
+    """Positions whose next token is scored in any row, ascending: the only logits a loss needs.
+    A forward that computes just these (``logits_to_keep``) skips the language-model head and the
+    cross-entropy over the prompt tokens.
+
+    >>> scored_positions(torch.tensor([[-100, -100, 6, 7], [-100, 8, -100, -100]])).tolist()
+    [0, 1, 2]
+    """
+    return (next_token_labels(labels) != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)
+
+
+def loss_sum(
+    logits: torch.Tensor, labels: torch.Tensor, positions: torch.Tensor | None = None
+) -> tuple[torch.Tensor, int]:
     """Summed next-token cross-entropy over labelled tokens, and their count.
 
-    ``logits`` (B, T, V) at position t predict ``labels`` (B, T) at t + 1.
+    ``logits`` (B, T, V) at position t predict ``labels`` (B, T) at t + 1; with
+    ``positions`` (K,), ``logits`` are (B, K, V) at those positions only.
     Across a packed boundary the next label is a prompt token (ignored), so
     examples never score each other.
     """
     # Shift the labels, not the logits: slicing (B, T, V) logits would copy them.
-    shifted = torch.nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:].reshape(-1)
+    shifted = next_token_labels(labels)
+    if positions is not None:
+        shifted = shifted[:, positions]
+    shifted = shifted.reshape(-1)
     flat = logits.reshape(-1, logits.shape[-1]).float()
     total = torch.nn.functional.cross_entropy(flat, shifted, ignore_index=IGNORE_INDEX, reduction="sum")
     return total, int((shifted != IGNORE_INDEX).sum())

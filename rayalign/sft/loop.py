@@ -23,6 +23,7 @@ Every rank reports its directory and Ray Train merges them into one
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
@@ -39,6 +40,7 @@ from rayalign.sft.data import (
     loss_sum,
     lr_factor,
     prefer_flat,
+    scored_positions,
     step_rows,
 )
 from rayalign.training import (
@@ -127,12 +129,24 @@ def _loss_tokens(batches: list[Batch]) -> int:
     return sum(int((b.labels[:, 1:] != IGNORE_INDEX).sum()) for b in batches)
 
 
-def _micro_step(batch: Batch, scale: float, device, totals: list[float]):
-    """The closure a learner runs for one micro-batch; records the unscaled loss sum."""
+def keeps_logits(model) -> bool:
+    """Whether the model's forward takes ``logits_to_keep`` (logits at chosen positions only)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # through a LoRA wrapper
+    return "logits_to_keep" in inspect.signature(type(base).forward).parameters
+
+
+def _micro_step(batch: Batch, scale: float, device, totals: list[float], *, keep_logits: bool = True):
+    """The closure a learner runs for one micro-batch; records the unscaled loss sum. With ``keep_logits``
+    the forward computes logits only where a label is scored (the prompts' are never used)."""
 
     def run(model) -> torch.Tensor:
-        out = model(input_ids=batch.input_ids.to(device), position_ids=batch.position_ids.to(device), use_cache=False)
-        total, _ = loss_sum(out.logits, batch.labels.to(device))
+        labels = batch.labels.to(device)
+        positions = scored_positions(labels) if keep_logits else None
+        extra = {} if positions is None else {"logits_to_keep": positions}
+        out = model(
+            input_ids=batch.input_ids.to(device), position_ids=batch.position_ids.to(device), use_cache=False, **extra
+        )
+        total, _ = loss_sum(out.logits, labels, positions)
         totals.append(float(total.detach()))
         return total * scale
 
@@ -167,7 +181,9 @@ def context_scale(model) -> float:
 # --------------------------------------------------------------- the loop
 
 
-def _step(learner, rows, job: SFTJob, step: int, rank: int, world_size: int, lr: float, ctx_scale: float) -> StepStats:
+def _step(
+    learner, rows, job: SFTJob, step: int, rank: int, world_size: int, lr: float, ctx_scale: float, keep_logits: bool
+) -> StepStats:
     s = job.cfg.sft
     plan = step_rows(
         job.num_rows,
@@ -185,7 +201,8 @@ def _step(learner, rows, job: SFTJob, step: int, rank: int, world_size: int, lr:
     loss_tokens, tokens = global_sum([_loss_tokens(batches), sum(b.num_tokens for b in batches)], learner.device)
     # Mean over every loss token of the step on all workers; learners average workers.
     scale, totals = world_size / loss_tokens, []
-    grad_norm = learner.train_step([_micro_step(b, scale, learner.device, totals) for b in batches], lr)
+    micro_steps = [_micro_step(b, scale, learner.device, totals, keep_logits=keep_logits) for b in batches]
+    grad_norm = learner.train_step(micro_steps, lr)
     (loss_sum_all,) = global_sum([sum(totals)], learner.device)
     return StepStats(loss_sum_all / loss_tokens, int(tokens), grad_norm)
 
@@ -220,7 +237,7 @@ def train_loop(config: dict) -> None:
     rank, world_size = setup_worker(job)
     rows = ray.get(job.rows)
     model = build_model(job)
-    ctx_scale = context_scale(model)
+    ctx_scale, keep_logits = context_scale(model), keeps_logits(model)
     settings = learner_settings(job, s.grad_accum, weight_decay=s.weight_decay, lora=s.lora_rank > 0)
     learner = build_learner(settings, model, world_size)
     fresh = TrainState(0, 0, job.fingerprint, world_size, job.steps_per_epoch)
@@ -235,7 +252,7 @@ def train_loop(config: dict) -> None:
             lr = s.lr * lr_factor(step, s.warmup_steps, job.total_steps)
             timings: dict[str, float] = {}
             with timed(timings, "step"):
-                stats = _step(learner, rows, job, step, rank, world_size, lr, ctx_scale)
+                stats = _step(learner, rows, job, step, rank, world_size, lr, ctx_scale, keep_logits)
             state = dataclasses.replace(state, step=step + 1, tokens_seen=state.tokens_seen + stats.tokens)
             progress.add(stats, timings["step"])
             reporter.step(state.step, job.total_steps, {"loss": stats.loss, "tok/s": stats.tokens / timings["step"]})

@@ -2,6 +2,7 @@
 
 import copy
 import json
+import math
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from rayalign.sft.data import (
     pack,
     prefer_flat,
     read_sft_examples,
+    scored_positions,
     step_rows,
     steps_per_epoch,
     tokenize_example,
@@ -216,6 +218,39 @@ def test_loss_sum_by_hand():
     total, count = loss_sum(logits, labels)
     assert count == 2
     assert float(total) == pytest.approx(2 * 1.3862944, rel=1e-6)
+
+
+def test_loss_sum_on_kept_positions_by_hand():
+    # Positions 0 and 1 predict labels 1 and 2 (position 2 predicts nothing): logits only there.
+    labels = torch.tensor([[IGNORE_INDEX, 1, 2]])
+    positions = scored_positions(labels)
+    assert positions.tolist() == [0, 1]
+    logits = torch.zeros(1, 2, 4)
+    logits[0, 0, 1] = math.log(3.0)  # p(1) = 3 / (3 + 1 + 1 + 1) = 0.5 at position 0
+    total, count = loss_sum(logits, labels, positions)
+    assert count == 2
+    assert float(total) == pytest.approx(math.log(2.0) + math.log(4.0), rel=1e-6)
+
+
+def test_logits_at_scored_positions_give_the_full_forwards_loss_and_gradients(tokenizer, tiny_model):
+    """What the SFT learner trains with (logits_to_keep): the same loss and the same gradients, padded or flat."""
+    rows = [pack([tokenize_example(tokenizer, _example(answer="Ok." * k))], 512)[0] for k in (1, 5, 9)]
+    for batch in (collate(rows, pad_id=0), collate(rows, pad_id=0, flat=True)):
+        results = []
+        for keep in (False, True):
+            model, _ = load_model(tiny_model, dtype="float32")
+            positions = scored_positions(batch.labels) if keep else None
+            extra = {"logits_to_keep": positions} if keep else {}
+            out = model(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False, **extra)
+            total, count = loss_sum(out.logits, batch.labels, positions)
+            total.backward()
+            grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+            results.append((float(total), count, grads, out.logits.shape[1]))
+        (full, n_full, g_full, t_full), (kept, n_kept, g_kept, t_kept) = results
+        assert n_full == n_kept and kept == pytest.approx(full, rel=1e-5)
+        assert t_kept < t_full  # the prompts' positions were never projected onto the vocabulary
+        for name, g in g_full.items():
+            assert torch.allclose(g, g_kept[name], rtol=1e-4, atol=1e-6), name
 
 
 # --------------------------------------------------- steps and schedule
