@@ -1,4 +1,4 @@
-"""Shared helpers for benchmark scripts: subprocess isolation and tables."""
+"""Shared helpers for benchmark scripts: subprocess isolation, thread pinning and tables."""
 
 from __future__ import annotations
 
@@ -6,6 +6,16 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
+
+# Every benchmark child: offline, quiet, no telemetry, no W&B.
+CHILD_ENV = {
+    "TOKENIZERS_PARALLELISM": "false",
+    "HF_HUB_OFFLINE": "1",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_AUTH_MODE": "disabled",
+    "WANDB_MODE": "disabled",
+}
 
 
 def run_isolated(script: str, args: list[str], env: dict[str, str] | None = None) -> dict:
@@ -21,6 +31,29 @@ def run_isolated(script: str, args: list[str], env: dict[str, str] | None = None
         if line.startswith("{"):
             return json.loads(line)
     raise RuntimeError(f"{script} {' '.join(args)} printed no result")
+
+
+def run_on_threads(script: str, args: list[str], threads: int, label: str) -> dict:
+    """``run_isolated`` with ``threads`` torch threads per process (``OMP_NUM_THREADS`` and
+    ``--threads``); raises unless the child read back that many (its ``"threads"`` key)."""
+    env = {**CHILD_ENV, "OMP_NUM_THREADS": str(threads)}
+    result = run_isolated(script, [*args, "--threads", str(threads)], env)
+    if result.get("threads") != threads:
+        raise RuntimeError(f"{label}: claims {threads} torch threads per process, ran with {result.get('threads')}")
+    return result
+
+
+def summary_threads(run_dir: str | Path, key: str) -> int | None:
+    """The torch thread count a Ray Train learner recorded under ``key`` in its run's summary.json
+    (rank 0 reads ``torch.get_num_threads()`` after its set-up)."""
+    from rayalign.tracking import SUMMARY_FILE
+
+    return json.loads((Path(run_dir) / SUMMARY_FILE).read_text()).get(key)
+
+
+def plural(n: int, word: str) -> str:
+    """``plural(2, "thread")`` is ``"2 threads"``, ``plural(2, "process")`` ``"2 processes"``."""
+    return f"{n} {word}{'' if n == 1 else 'es' if word.endswith('s') else 's'}"
 
 
 def table(headers: list[str], rows: list[list]) -> str:

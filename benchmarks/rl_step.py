@@ -1,19 +1,39 @@
 """RL training throughput: rayalign (vLLM sampler actor + Serve judge + Ray Train
-learner) vs TRL ``GRPOTrainer``, completions trained per second.
+learner) vs TRL ``GRPOTrainer``, completions trained per second, at equal
+total cores, each side at its own best setting.
 
 Both sides: the same model, the same prompts (the quickstart set), the same
 group size, prompts per step, completion cap, temperature 1, learning rate,
 KL coefficient (so both keep a reference model), one optimizer step per
-generation, float32, one torch thread per process, and the same reward: a
-Python function (``rayalign.testing.length_judge``) that costs nothing, so
-the judge cost is equal. rayalign calls it through the Serve judge as a
-``function`` judge backend; TRL as a reward function. Each side runs in a
-fresh process. A step is generate + reward + learn (+ sync of the new
-weights into the sampler for rayalign); the first step (warm-up) is reported
-apart from the steady-state mean of the others.
+generation, float32, and the same reward: a Python function
+(``rayalign.testing.length_judge``) that costs nothing, so the judge cost is
+equal (and takes no core). rayalign calls it through the Serve judge as a
+``function`` judge backend; TRL as a reward function. Each run is a fresh
+process. A step is generate + reward + learn (+ sync of the new weights into
+the sampler for rayalign); the first step (warm-up) is reported apart from
+the steady-state mean of the others. The rows, for ``--cores C`` (default 2,
+at least 2):
+
+- TRL, 1 process x 1 torch thread, and 1 process x C threads;
+- rayalign, sampler 1 thread + 1 learner x 1 thread, ``rl.overlap`` off
+  (the phases alternate, so 1 core is busy at a time) and on (generation of
+  step t+1 runs during learning of step t: 2 cores);
+- rayalign, sampler C threads + 1 learner x C threads, overlap off;
+- rayalign, sampler 1 thread + C learners x 1 thread, overlap off.
+
+Equal-cores rule: a row's "cores" is the most cores its processes keep busy
+at once (sampler + learners + judge, the judge's ~0 included); no row
+exceeds C. The "vs best TRL" ratio divides by the TRL row with the most
+completions/s. A row's threads are set with ``OMP_NUM_THREADS`` and
+``torch.set_num_threads`` (TRL) or ``--model.threads`` (rayalign's sampler
+and learners alike), and each child reads back the torch thread count it
+trained with (``torch.get_num_threads()``: TRL in its training steps,
+rayalign's learner rank 0 in ``summary.json`` as ``rl/torch_threads``); a
+row whose read-back differs from its claim fails the run. The sampler's
+threads are not read back.
 
     python benchmarks/rl_step.py [--model builtin:smollm2-135m-instruct] [--steps 5]
-        [--prompts-per-step 2] [--group 4] [--max-new-tokens 64]
+        [--prompts-per-step 2] [--group 4] [--max-new-tokens 64] [--cores 2]
 """
 
 from __future__ import annotations
@@ -25,29 +45,84 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import run_isolated, table  # noqa: E402
+from _common import plural, run_on_threads, summary_threads, table  # noqa: E402
 
 PHASES = ("generate", "reward", "advantage", "wait_rollouts", "learn", "sync")
 
 
+@dataclass(frozen=True)
+class Row:
+    """One run of the matrix. TRL: 1 process x ``threads``. rayalign: a sampler and
+    ``learners`` Ray Train learners, each process on ``threads`` threads."""
+
+    side: str
+    threads: int
+    learners: int = 1
+    overlap: bool = False
+
+    @property
+    def cores(self) -> int:
+        """The most cores busy at once: without overlap, sampling and learning alternate."""
+        if self.side == "trl":
+            return self.threads
+        learning = self.learners * self.threads
+        return self.threads + learning if self.overlap else max(self.threads, learning)
+
+    @property
+    def label(self) -> str:
+        if self.side == "trl":
+            return f"TRL GRPOTrainer, 1 process x {plural(self.threads, 'thread')}: {plural(self.cores, 'core')}"
+        learners = f"{plural(self.learners, 'learner')} x {plural(self.threads, 'thread')}"
+        phases = "rl.overlap on" if self.overlap else "rl.overlap off"
+        return (
+            f"rayalign, sampler {plural(self.threads, 'thread')} + {learners} + judge fn, {phases}: "
+            f"{plural(self.cores, 'core')}"
+        )
+
+    def args(self) -> list[str]:
+        """The child's own flags (``run_on_threads`` adds ``--threads``)."""
+        return ["--side", self.side, "--learners", str(self.learners), "--overlap", str(self.overlap).lower()]
+
+
+def matrix(cores: int) -> list[Row]:
+    """The rows on ``cores`` cores: TRL at 1 and ``cores`` threads; rayalign at 1 thread
+    (overlap off and on), at ``cores`` threads, and with ``cores`` learners.
+
+    >>> [(r.side, r.threads, r.learners, r.overlap, r.cores) for r in matrix(2)]  # doctest: +NORMALIZE_WHITESPACE
+    [('trl', 1, 1, False, 1), ('trl', 2, 1, False, 2), ('rayalign', 1, 1, False, 1),
+     ('rayalign', 1, 1, True, 2), ('rayalign', 2, 1, False, 2), ('rayalign', 1, 2, False, 2)]
+    """
+    return [
+        Row("trl", 1),
+        Row("trl", cores),
+        Row("rayalign", 1),
+        Row("rayalign", 1, overlap=True),
+        Row("rayalign", cores),
+        Row("rayalign", 1, learners=cores),
+    ]
+
+
 def _overrides(args, tmp: Path) -> list[str]:
+    # CPU shares are Ray's bookkeeping only (threads come from model.threads): sampler,
+    # judge and learners together fit in the --cores the cluster has.
     return [
         f"--model.policy={args.model}",
-        "--model.threads=1",
+        f"--model.threads={args.threads}",
         "--model.max_model_len=1024",
-        "--cluster.num_cpus=2",
+        f"--cluster.num_cpus={args.cores}",
         "--cluster.object_store_mib=1536",
         "--data.max_prompts=0",
         "--data.eval_fraction=0",
         "--rollout.backend=vllm",
         "--rollout.num_workers=1",
-        "--rollout.cpus_per_worker=1.0",
+        f"--rollout.cpus_per_worker={args.cores / 2}",
         "--judge.backend=function",
         "--judge.function=rayalign.testing:length_judge",
-        "--judge.cpus_per_replica=0.25",
+        f"--judge.cpus_per_replica={args.cores / 8}",
         f"--rl.steps={args.steps}",
         f"--rl.prompts_per_step={args.prompts_per_step}",
         f"--rl.group_size={args.group}",
@@ -56,7 +131,7 @@ def _overrides(args, tmp: Path) -> list[str]:
         f"--rl.lr={args.lr}",
         f"--rl.kl_coef={args.beta}",
         f"--rl.learner.num_workers={args.learners}",
-        f"--rl.learner.cpus_per_worker={0.5 / args.learners}",
+        f"--rl.learner.cpus_per_worker={args.cores / 4 / args.learners}",
         f"--rl.learner.checkpoint_every={args.steps}",
         "--rl.malformed_penalty=0.0",
         f"--rl.overlap={args.overlap}",
@@ -77,8 +152,10 @@ def child_rayalign(args) -> dict:
         cfg = load_config(None, _overrides(args, tmp))
         run_rl(cfg, tmp / "rl", resume=False, log=lambda *_: None)
         lines = [json.loads(x) for x in (tmp / "metrics.jsonl").read_text().splitlines()]
+        ran_with = summary_threads(tmp, "rl/torch_threads")
     steps = [x for x in lines if "timing/step" in x]
     return {
+        "threads": ran_with,
         "step_s": [x["timing/step"] for x in steps],
         "tokens": [x["rl/completion_tokens"] for x in steps],
         "phases": {p: statistics.mean(x[f"timing/{p}"] for x in steps[1:] or steps) for p in PHASES},
@@ -107,10 +184,11 @@ def child_trl(args) -> dict:
     from rayalign.types import JudgeRequest, Message, Prompt
 
     began = time.perf_counter()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     rows = [{"prompt": [{"role": "user", "content": text}]} for text in _prompt_texts(args)]
     times: list[float] = []
     tokens: list[float] = []
+    ran_with: set[int] = set()
 
     def reward(prompts, completions, **kwargs) -> list[float]:
         out = []
@@ -126,6 +204,7 @@ def child_trl(args) -> dict:
 
         def on_step_end(self, *a, **k):
             times.append(time.perf_counter() - self.began)
+            ran_with.add(torch.get_num_threads())
 
         def on_log(self, _args, _state, _control, logs=None, **k):
             if logs and "completions/mean_length" in logs:
@@ -163,7 +242,13 @@ def child_trl(args) -> dict:
             callbacks=[Timer()],
         )
         trainer.train()
-    return {"step_s": times, "tokens": tokens, "phases": {}, "wall_s": time.perf_counter() - began}
+    return {
+        "threads": ran_with.pop() if len(ran_with) == 1 else sorted(ran_with),
+        "step_s": times,
+        "tokens": tokens,
+        "phases": {},
+        "wall_s": time.perf_counter() - began,
+    }
 
 
 def main() -> None:
@@ -176,84 +261,79 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-6)
     p.add_argument("--beta", type=float, default=0.05)
     p.add_argument("--strategy", default="deepspeed", choices=["deepspeed", "ddp"], help="rayalign learner")
+    p.add_argument("--cores", type=int, default=2, help="total cores every row may use (at least 2)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--side", default="trl", help=argparse.SUPPRESS)
     p.add_argument("--overlap", default="false", help=argparse.SUPPRESS)
     p.add_argument("--learners", type=int, default=1, help=argparse.SUPPRESS)
+    p.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.cores < 2:
+        p.error("--cores must be at least 2: on 1 core there is no threads-or-processes choice to compare")
     if args.child:
         print(json.dumps(child_trl(args) if args.side == "trl" else child_rayalign(args)))
         return
     run(args)
 
 
-def _row(name: str, r: dict, per_step: int, baseline: float | None) -> list:
-    steady = statistics.mean(r["step_s"][1:] or r["step_s"])
-    rate = per_step / steady
+def common_args(args) -> list[str]:
+    """The flags every child of one benchmark run shares."""
+    names = ("model", "steps", "prompts_per_step", "group", "max_new_tokens", "lr", "beta", "strategy", "cores")
+    return [x for name in names for x in (f"--{name.replace('_', '-')}", str(getattr(args, name)))]
+
+
+def measure(row: Row, common: list[str]) -> dict:
+    """One row in a fresh process; raises unless it trained on the threads it claims."""
+    return run_on_threads(str(Path(__file__).resolve()), [*common, *row.args()], row.threads, row.label)
+
+
+def _steady(r: dict) -> float:
+    """Mean step seconds after the first (warm-up) step."""
+    return statistics.mean(r["step_s"][1:] or r["step_s"])
+
+
+def _row(row: Row, r: dict, per_step: int, baseline: float) -> list:
+    rate = per_step / _steady(r)
     return [
-        name,
+        row.label,
+        r["threads"],
         r["step_s"][0],
-        steady,
+        _steady(r),
         rate,
         statistics.mean(r["tokens"]) if r["tokens"] else "-",
         r["wall_s"],
-        f"{rate / baseline:.2f}x" if baseline else "1.00x",
+        f"{rate / baseline:.2f}x",
     ]
 
 
 def run(args) -> None:
-    env = {
-        "OMP_NUM_THREADS": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "HF_HUB_OFFLINE": "1",
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "RAY_AUTH_MODE": "disabled",
-        "WANDB_MODE": "disabled",
-    }
-    script = str(Path(__file__).resolve())
-    common = [
-        "--model",
-        args.model,
-        "--steps",
-        str(args.steps),
-        "--prompts-per-step",
-        str(args.prompts_per_step),
-        "--group",
-        str(args.group),
-        "--max-new-tokens",
-        str(args.max_new_tokens),
-        "--lr",
-        str(args.lr),
-        "--beta",
-        str(args.beta),
-    ]
-    trl = run_isolated(script, [*common, "--side", "trl"], env)
-    common += ["--strategy", args.strategy]
-    ours = run_isolated(script, [*common, "--side", "rayalign"], env)
-    overlapped = run_isolated(script, [*common, "--side", "rayalign", "--overlap", "true"], env)
-    two = run_isolated(script, [*common, "--side", "rayalign", "--learners", "2"], env)
+    rows = matrix(args.cores)
+    if uneven := [r.label for r in rows if (args.prompts_per_step * args.group) % r.learners]:
+        raise SystemExit(f"a step's completions do not split evenly over the learners of: {', '.join(uneven)}")
+    common = common_args(args)
+    results = [(row, measure(row, common)) for row in rows]
     per_step = args.prompts_per_step * args.group
-    base = per_step / statistics.mean(trl["step_s"][1:] or trl["step_s"])
+    best_row, best = max(((r, x) for r, x in results if r.side == "trl"), key=lambda rx: -_steady(rx[1]))
     learner = "DeepSpeed ZeRO-2" if args.strategy == "deepspeed" else "DDP"
-    runs = [
-        (f"rayalign (vLLM actor + Serve judge + 1 {learner} learner)", ours),
-        ("rayalign, rl.overlap (generate+judge step t+1 during learn t)", overlapped),
-        (f"rayalign, 2 {learner} learners (1 thread each)", two),
-    ]
-    rows = [_row("TRL GRPOTrainer (transformers generate)", trl, per_step, None)]
-    rows += [_row(name, r, per_step, base) for name, r in runs]
     print(
         f"\nRL step throughput, {args.model}, {args.steps} steps x {args.prompts_per_step} prompts x {args.group} "
-        f"completions of <= {args.max_new_tokens} tokens, fp32, 1 thread per process, CPU"
+        f"completions of <= {args.max_new_tokens} tokens, fp32, CPU, rayalign learners {learner}, "
+        f"at most {plural(args.cores, 'core')} busy at once per row (without rl.overlap, sampling and learning "
+        f"alternate); ratio against the best TRL row ({best_row.label})"
     )
+    headers = ["run", "learner threads (read back)", "step 1 s", "steady step s", "completions/s"]
     print(
-        table(["run", "step 1 s", "steady step s", "completions/s", "mean completion tokens", "wall s", "vs TRL"], rows)
-    )
-    for name, r in runs:
-        print(
-            f"\n{name} per-phase seconds (steady-state mean): "
-            + ", ".join(f"{p} {s:.2f}" for p, s in r["phases"].items())
+        table(
+            [*headers, "mean completion tokens", "wall s", "vs best TRL"],
+            [_row(row, r, per_step, per_step / _steady(best)) for row, r in results],
         )
+    )
+    for row, r in results:
+        if r["phases"]:
+            print(
+                f"\n{row.label} per-phase seconds (steady-state mean): "
+                + ", ".join(f"{p} {s:.2f}" for p, s in r["phases"].items())
+            )
     print(f"\nmachine: {os.cpu_count()} CPUs; python {sys.version.split()[0]}")
 
 

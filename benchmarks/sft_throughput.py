@@ -1,14 +1,30 @@
-"""SFT training throughput: rayalign (Ray Train + DeepSpeed ZeRO-2) vs TRL ``SFTTrainer``.
+"""SFT training throughput: rayalign (Ray Train + DeepSpeed ZeRO-2) vs TRL ``SFTTrainer``,
+at equal total cores, each side at its own best setting.
 
 Same model, same synthetic examples (varied lengths), same max sequence
 length, same global batch (rows of packed examples) and number of steps,
-completion-only loss, float32, no gradient checkpointing, AdamW, one torch
-thread per process; each side runs in a fresh process. Tokens/s counts the
-non-padding tokens of the training steps, start-up and checkpoints excluded;
-"wall s" is the whole child process (model load, Ray start, final save).
+completion-only loss, float32, no gradient checkpointing, AdamW; each run in a
+fresh process. The rows, for ``--cores C`` (default 2, at least 2):
+
+- TRL, 1 process x 1 torch thread, and 1 process x C threads;
+- rayalign, 1 Ray Train worker x C threads and C workers x 1 thread;
+- rayalign, 1 worker x 1 thread, for reference.
+
+Equal-cores rule: no row keeps more than C cores busy (processes x threads
+<= C; Ray's own processes and the driver idle while the learners train), and
+the "vs best TRL" ratio divides by the TRL row with the highest tokens/s, so
+rayalign is compared with TRL at TRL's best use of the same cores. A row's
+threads are set with ``OMP_NUM_THREADS`` and ``torch.set_num_threads`` (TRL)
+or ``--model.threads`` (rayalign's Ray Train workers), and each child reads
+back the torch thread count it trained with (``torch.get_num_threads()``: TRL
+in its training steps, rayalign's rank 0 in ``summary.json`` as
+``sft/torch_threads``); a row whose read-back differs from its claim fails
+the run. Tokens/s counts the non-padding tokens of the training steps,
+start-up and checkpoints excluded; "wall s" is the whole child process
+(model load, Ray start, final save).
 
     python benchmarks/sft_throughput.py [--model builtin:smollm2-135m-instruct|builtin:tiny]
-        [--steps 4] [--batch 4] [--max-seq-len 256] [--examples 64] [--workers 1,2]
+        [--steps 4] [--batch 4] [--max-seq-len 256] [--examples 64] [--cores 2]
 """
 
 from __future__ import annotations
@@ -19,10 +35,11 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import run_isolated, table  # noqa: E402
+from _common import plural, run_on_threads, summary_threads, table  # noqa: E402
 
 TOPICS = [
     "kill a zombie process",
@@ -34,6 +51,48 @@ TOPICS = [
     "learn a language",
     "fix a flat tyre",
 ]
+
+
+@dataclass(frozen=True)
+class Row:
+    """One run of the matrix: a side, its processes (TRL: 1; rayalign: Ray Train workers)
+    and the torch threads of each."""
+
+    side: str
+    processes: int
+    threads: int
+
+    @property
+    def cores(self) -> int:
+        return self.processes * self.threads
+
+    @property
+    def label(self) -> str:
+        if self.side == "trl":
+            who = f"TRL SFTTrainer, {plural(self.processes, 'process')}"
+        else:
+            who = f"rayalign ZeRO-2, {plural(self.processes, 'Ray Train worker')}"
+        return f"{who} x {plural(self.threads, 'thread')}: {plural(self.cores, 'core')}"
+
+    def args(self) -> list[str]:
+        """The child's own flags (``run_on_threads`` adds ``--threads``)."""
+        return ["--side", self.side, "--num-workers", str(self.processes)]
+
+
+def matrix(cores: int) -> list[Row]:
+    """The rows on ``cores`` cores: each side's 1-process and all-cores settings, and rayalign
+    1 x 1 for reference.
+
+    >>> [(r.side, r.processes, r.threads) for r in matrix(2)]
+    [('trl', 1, 1), ('trl', 1, 2), ('rayalign', 1, 2), ('rayalign', 2, 1), ('rayalign', 1, 1)]
+    """
+    return [
+        Row("trl", 1, 1),
+        Row("trl", 1, cores),
+        Row("rayalign", 1, cores),
+        Row("rayalign", cores, 1),
+        Row("rayalign", 1, 1),
+    ]
 
 
 def _examples(k: int):
@@ -58,7 +117,7 @@ def _write_examples(k: int, path: Path) -> None:
     path.write_text("".join(to_json(e) + "\n" for e in _examples(k)))
 
 
-def child_rayalign(args, workers: int) -> dict:
+def child_rayalign(args) -> dict:
     from rayalign.config import load_config
     from rayalign.sft.train import run_sft
 
@@ -70,10 +129,10 @@ def child_rayalign(args, workers: int) -> dict:
             None,
             [
                 f"--model.policy={args.model}",
-                "--model.threads=1",
-                "--cluster.num_cpus=2",
-                f"--sft.learner.num_workers={workers}",
-                f"--sft.micro_batch_size={args.batch // workers}",
+                f"--model.threads={args.threads}",
+                f"--cluster.num_cpus={args.cores}",
+                f"--sft.learner.num_workers={args.num_workers}",
+                f"--sft.micro_batch_size={args.batch // args.num_workers}",
                 "--sft.grad_accum=1",
                 f"--sft.max_seq_len={args.max_seq_len}",
                 f"--sft.max_steps={args.steps}",
@@ -88,7 +147,9 @@ def child_rayalign(args, workers: int) -> dict:
         result = run_sft(cfg, tmp / "sft.jsonl", tmp / "sft", resume=False)
         lines = [json.loads(x) for x in (tmp / "metrics.jsonl").read_text().splitlines()]
         tokens = max(x.get("sft/tokens_seen", 0) for x in lines)
+        ran_with = summary_threads(tmp, "sft/torch_threads")
     return {
+        "threads": ran_with,
         "tokens_per_s": result.tokens_per_s,
         "tokens": tokens,
         "train_s": tokens / result.tokens_per_s,
@@ -107,7 +168,7 @@ def child_trl(args) -> dict:
     from rayalign.rollout.format import join_completion
 
     began = time.perf_counter()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     rows = [
         {
             "prompt": [{"role": "user", "content": e.prompt.messages[0].content}],
@@ -118,6 +179,7 @@ def child_trl(args) -> dict:
     tokenizer = load_tokenizer(args.model)
     model = AutoModelForCausalLM.from_pretrained(resolve_model(args.model), dtype=torch.float32)
     counted = {"tokens": 0, "train_s": 0.0, "began": 0.0}
+    ran_with: set[int] = set()
 
     class Timer(TrainerCallback):
         def on_step_begin(self, *a, **k):
@@ -125,6 +187,7 @@ def child_trl(args) -> dict:
 
         def on_step_end(self, *a, **k):
             counted["train_s"] += time.perf_counter() - counted["began"]
+            ran_with.add(torch.get_num_threads())
 
     class CountingTrainer(SFTTrainer):
         def training_step(self, model, inputs, num_items_in_batch=None):
@@ -162,6 +225,7 @@ def child_trl(args) -> dict:
         )
         out = trainer.train()
     return {
+        "threads": ran_with.pop() if len(ran_with) == 1 else sorted(ran_with),
         "tokens_per_s": counted["tokens"] / counted["train_s"],
         "tokens": counted["tokens"],
         "train_s": counted["train_s"],
@@ -177,62 +241,58 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=4, help="rows per optimizer step, all workers together")
     p.add_argument("--max-seq-len", type=int, default=256)
     p.add_argument("--examples", type=int, default=64)
-    p.add_argument("--workers", default="1,2", help="rayalign Ray Train worker counts to run")
+    p.add_argument("--cores", type=int, default=2, help="total cores every row may use (at least 2)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--side", default="trl", help=argparse.SUPPRESS)
     p.add_argument("--num-workers", type=int, default=1, help=argparse.SUPPRESS)
+    p.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.cores < 2:
+        p.error("--cores must be at least 2: on 1 core there is no threads-or-processes choice to compare")
     if args.child:
-        result = child_trl(args) if args.side == "trl" else child_rayalign(args, args.num_workers)
-        print(json.dumps(result))
+        print(json.dumps(child_trl(args) if args.side == "trl" else child_rayalign(args)))
         return
     run(args)
 
 
+def common_args(args) -> list[str]:
+    """The flags every child of one benchmark run shares."""
+    names = ("model", "steps", "batch", "max_seq_len", "examples", "cores")
+    return [x for name in names for x in (f"--{name.replace('_', '-')}", str(getattr(args, name)))]
+
+
+def measure(row: Row, common: list[str]) -> dict:
+    """One row in a fresh process; raises unless it trained on the threads it claims."""
+    return run_on_threads(str(Path(__file__).resolve()), [*common, *row.args()], row.threads, row.label)
+
+
 def run(args) -> None:
-    env = {
-        "OMP_NUM_THREADS": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "HF_HUB_OFFLINE": "1",
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "RAY_AUTH_MODE": "disabled",
-        "WANDB_MODE": "disabled",
-    }
-    script = str(Path(__file__).resolve())
-    common = [
-        "--model",
-        args.model,
-        "--steps",
-        str(args.steps),
-        "--batch",
-        str(args.batch),
-        "--max-seq-len",
-        str(args.max_seq_len),
-        "--examples",
-        str(args.examples),
-    ]
-    trl = run_isolated(script, [*common, "--side", "trl"], env)
-    results = [("TRL SFTTrainer, 1 process", trl)]
-    for n in [int(w) for w in args.workers.split(",")]:
-        side = run_isolated(script, [*common, "--side", "rayalign", "--num-workers", str(n)], env)
-        results.append((f"rayalign, {n} Ray Train worker{'s' if n > 1 else ''} (ZeRO-2)", side))
-    rows = [
+    rows = matrix(args.cores)
+    if uneven := [r.label for r in rows if args.batch % r.processes]:
+        raise SystemExit(f"--batch {args.batch} does not split evenly over the workers of: {', '.join(uneven)}")
+    common = common_args(args)
+    results = [(row, measure(row, common)) for row in rows]
+    best_row, best = max(((r, x) for r, x in results if r.side == "trl"), key=lambda rx: rx[1]["tokens_per_s"])
+    table_rows = [
         [
-            name,
+            row.label,
+            r["threads"],
             r["tokens_per_s"],
             r["tokens"],
             r["train_s"],
             r["wall_s"],
             f"{r['final_loss']:.3f}",
-            f"{r['tokens_per_s'] / trl['tokens_per_s']:.2f}x",
+            f"{r['tokens_per_s'] / best['tokens_per_s']:.2f}x",
         ]
-        for name, r in results
+        for row, r in results
     ]
     print(
         f"\nSFT throughput, {args.model}, {args.steps} steps x {args.batch} rows of <= {args.max_seq_len} tokens "
-        f"(packed), fp32, 1 thread per process, CPU"
+        f"(packed), fp32, CPU, at most {plural(args.cores, 'core')} per row; "
+        f"ratio against the best TRL row ({best_row.label})"
     )
-    print(table(["run", "train tok/s", "tokens", "train s", "wall s", "final loss", "vs TRL"], rows))
+    headers = ["run", "threads (read back)", "train tok/s", "tokens", "train s", "wall s", "final loss"]
+    print(table([*headers, "vs best TRL"], table_rows))
     print(f"\nmachine: {os.cpu_count()} CPUs; python {sys.version.split()[0]}")
 
 
