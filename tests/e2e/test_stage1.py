@@ -19,6 +19,12 @@ OVERRIDES = [
     "--judge.function=rayalign.testing:length_judge",
     "--judge.k=2",
     "--filter.min_score=1.0",
+    # The generator continues the steered reasoning and writes every answer (the quickstart closes the
+    # reasoning and renders refusals from the spec): the path a capable teacher takes.
+    "--generate.close_reasoning=false",
+    "--generate.answer_context=spec",
+    "--generate.refusals=model",
+    "--generate.trim_cut_answers=false",
 ]
 
 
