@@ -11,7 +11,7 @@ import time
 import psutil
 import pytest
 
-SFT_STEPS = 8
+SFT_STEPS = 40  # tiny-model steps take ~0.4 s: room to kill the run between its checkpoints
 OVERRIDES = [
     # stage 1 as tests/e2e/test_stage1.py runs it
     "--model.policy=builtin:tiny",
@@ -30,7 +30,7 @@ OVERRIDES = [
     f"--sft.max_steps={SFT_STEPS}",
     "--sft.micro_batch_size=2",
     "--sft.max_seq_len=256",
-    "--sft.learner.checkpoint_every=2",
+    "--sft.learner.checkpoint_every=4",
     # RL and eval, small
     "--rl.steps=2",
     "--rl.group_size=2",
@@ -67,7 +67,8 @@ def _kill_run(pid: int) -> None:
     """SIGKILL the driver and every process it started. The driver's process group holds it, GCS and the
     raylet, but the workers the raylet starts (the Ray Train learners among them) may not be in it: a
     group kill leaves them to train on, and register checkpoints, until they notice their raylet is gone.
-    Stop the whole tree first (so no process starts or reports another), then kill it."""
+    Stop the whole tree first (so no process starts or reports another), then kill it. The caller reaps
+    ``pid`` itself (reaping it here would leave its Popen an exit status of 0)."""
     stopped: dict[int, psutil.Process] = {}
     while True:
         tree = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)] if psutil.pid_exists(pid) else []
@@ -81,7 +82,7 @@ def _kill_run(pid: int) -> None:
     for p in stopped.values():
         with contextlib.suppress(psutil.NoSuchProcess):
             p.kill()
-    psutil.wait_procs(list(stopped.values()), timeout=30)
+    psutil.wait_procs([p for p in stopped.values() if p.pid != pid], timeout=30)
 
 
 def _sft_checkpoints(run_dir) -> list[int]:
