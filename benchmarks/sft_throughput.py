@@ -7,7 +7,8 @@ completion-only loss, float32, no gradient checkpointing, AdamW; each run in a
 fresh process. The rows, for ``--cores C`` (default 2, at least 2):
 
 - TRL, 1 process x 1 torch thread, and 1 process x C threads;
-- rayalign, 1 Ray Train worker x C threads and C workers x 1 thread;
+- rayalign, 1 Ray Train worker x C threads (DeepSpeed ZeRO-2, and DDP: on
+  one worker plain torch AdamW) and C workers x 1 thread (ZeRO-2);
 - rayalign, 1 worker x 1 thread, for reference.
 
 Equal-cores rule: no row keeps more than C cores busy (processes x threads
@@ -15,7 +16,7 @@ Equal-cores rule: no row keeps more than C cores busy (processes x threads
 the "vs best TRL" ratio divides by the TRL row with the highest tokens/s, so
 rayalign is compared with TRL at TRL's best use of the same cores. A row's
 threads are set with ``OMP_NUM_THREADS`` and ``torch.set_num_threads`` (TRL)
-or ``--model.threads`` (rayalign's Ray Train workers), and each child reads
+or ``--sft.learner.threads`` (rayalign's Ray Train workers), and each child reads
 back the torch thread count it trained with (``torch.get_num_threads()``: TRL
 in its training steps, rayalign's rank 0 in ``summary.json`` as
 ``sft/torch_threads``); a row whose read-back differs from its claim fails
@@ -61,6 +62,8 @@ class Row:
     side: str
     processes: int
     threads: int
+    strategy: str = "deepspeed"
+    """rayalign's sft.learner.strategy: deepspeed (ZeRO-2) or ddp (torch AdamW; one worker: no wrapper)."""
 
     @property
     def cores(self) -> int:
@@ -71,25 +74,28 @@ class Row:
         if self.side == "trl":
             who = f"TRL SFTTrainer, {plural(self.processes, 'process')}"
         else:
-            who = f"rayalign ZeRO-2, {plural(self.processes, 'Ray Train worker')}"
+            learner = "ZeRO-2" if self.strategy == "deepspeed" else "DDP (torch AdamW)"
+            who = f"rayalign {learner}, {plural(self.processes, 'Ray Train worker')}"
         return f"{who} x {plural(self.threads, 'thread')}: {plural(self.cores, 'core')}"
 
     def args(self) -> list[str]:
         """The child's own flags (``run_on_threads`` adds ``--threads``)."""
-        return ["--side", self.side, "--num-workers", str(self.processes)]
+        return ["--side", self.side, "--num-workers", str(self.processes), "--strategy", self.strategy]
 
 
 def matrix(cores: int) -> list[Row]:
     """The rows on ``cores`` cores: each side's 1-process and all-cores settings, and rayalign
     1 x 1 for reference.
 
-    >>> [(r.side, r.processes, r.threads) for r in matrix(2)]
-    [('trl', 1, 1), ('trl', 1, 2), ('rayalign', 1, 2), ('rayalign', 2, 1), ('rayalign', 1, 1)]
+    >>> [(r.side, r.processes, r.threads, r.strategy[:2]) for r in matrix(2)]  # doctest: +NORMALIZE_WHITESPACE
+    [('trl', 1, 1, 'de'), ('trl', 1, 2, 'de'), ('rayalign', 1, 2, 'de'), ('rayalign', 1, 2, 'dd'),
+     ('rayalign', 2, 1, 'de'), ('rayalign', 1, 1, 'de')]
     """
     return [
         Row("trl", 1, 1),
         Row("trl", 1, cores),
         Row("rayalign", 1, cores),
+        Row("rayalign", 1, cores, "ddp"),
         Row("rayalign", cores, 1),
         Row("rayalign", 1, 1),
     ]
@@ -129,7 +135,8 @@ def child_rayalign(args) -> dict:
             None,
             [
                 f"--model.policy={args.model}",
-                f"--model.threads={args.threads}",
+                f"--sft.learner.threads={args.threads}",  # the learners only: nothing else runs
+                f"--sft.learner.cpus_per_worker={args.cores / args.num_workers}",
                 f"--cluster.num_cpus={args.cores}",
                 f"--sft.learner.num_workers={args.num_workers}",
                 f"--sft.micro_batch_size={args.batch // args.num_workers}",
@@ -138,7 +145,7 @@ def child_rayalign(args) -> dict:
                 f"--sft.max_steps={args.steps}",
                 f"--sft.learner.checkpoint_every={args.steps}",
                 "--sft.lr=1e-5",
-                "--sft.learner.strategy=deepspeed",
+                f"--sft.learner.strategy={args.strategy}",
                 "--sft.learner.zero_stage=2",
                 f"--tracking.run_dir={tmp}",
                 "--tracking.wandb_mode=disabled",
@@ -246,6 +253,7 @@ def main() -> None:
     p.add_argument("--side", default="trl", help=argparse.SUPPRESS)
     p.add_argument("--num-workers", type=int, default=1, help=argparse.SUPPRESS)
     p.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
+    p.add_argument("--strategy", default="deepspeed", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.cores < 2:
         p.error("--cores must be at least 2: on 1 core there is no threads-or-processes choice to compare")

@@ -236,6 +236,10 @@ class LearnerConfig:
     """Ray Train workers (learners)."""
     cpus_per_worker: float = bounded(1.0, ge=0.0)
     """Ray CPUs per worker."""
+    threads: int = bounded(0, ge=0)
+    """Torch threads per worker; 0 = model.threads. On CPU, one worker on all the cores beats as many
+    one-thread workers (no gradient all-reduce): measured SmolLM2-135M on 2 cores, 1 x 2 threads
+    102.8 tok/s vs 2 x 1 94.5 (README "Performance")."""
     gpus_per_worker: float = bounded(0.0, ge=0.0)
     """Ray GPUs per worker (0 or 1)."""
     resource: str = ""

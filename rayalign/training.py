@@ -195,7 +195,7 @@ class StepReporter:
 
 def setup_worker(job: TrainingJob) -> tuple[int, int]:
     """Threads and device for this Ray Train worker; its (rank, world size)."""
-    torch.set_num_threads(job.cfg.model.threads)
+    torch.set_num_threads(job.learner.threads or job.cfg.model.threads)
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if job.use_gpu else "cpu")
     if job.use_gpu:  # DeepSpeed takes the current CUDA device
         torch.cuda.set_device(ray.train.torch.get_device())

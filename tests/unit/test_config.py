@@ -31,6 +31,11 @@ def test_overrides_are_typed(repo):
     assert parse_override("--tracking.run_dir=/tmp/x") == ("tracking.run_dir", "/tmp/x")
 
 
+def test_learner_threads_default_to_the_models():
+    cfg = load_config(None, ["--model.threads=1", "--sft.learner.threads=2"])
+    assert (cfg.sft.learner.threads, cfg.rl.learner.threads, cfg.model.threads) == (2, 0, 1)
+
+
 def test_unknown_key_names_file_line_and_suggests(tmp_path):
     path = _write(tmp_path, "rl:\n  steps: 3\n  lrr: 1.0e-6\n")
     with pytest.raises(ConfigError) as e:
