@@ -229,7 +229,8 @@ class LearnerConfig:
     """The Ray Train learners of a training stage (sft.learner, rl.learner)."""
 
     strategy: Literal["deepspeed", "ddp"] = "deepspeed"
-    """Distributed strategy of the Ray Train workers."""
+    """Distributed strategy of the Ray Train workers. One CPU worker has nothing to shard: ddp (plain torch
+    AdamW, no wrapper) trained SmolLM2-135M 1.3x faster than ZeRO-2 on 2 cores (README "Performance")."""
     zero_stage: int = bounded(2, ge=0, le=3)
     """DeepSpeed ZeRO stage."""
     num_workers: int = bounded(1, ge=1)
