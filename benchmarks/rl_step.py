@@ -19,7 +19,13 @@ at least 2):
   (the phases alternate, so 1 core is busy at a time) and on (generation of
   step t+1 runs during learning of step t: 2 cores);
 - rayalign, sampler C threads + 1 learner x C threads, overlap off;
-- rayalign, sampler 1 thread + C learners x 1 thread, overlap off.
+- rayalign, sampler 1 thread + C learners x 1 thread, overlap off;
+- rayalign, sampler C threads + 1 learner x C threads, overlap off, with
+  ``rl.sync: object_store`` (the whole state dict through the Ray object
+  store) instead of the default collective broadcast (``rl.sync: collective``,
+  gloo, buckets of ``rl.sync_bucket_mib``).
+
+Every rayalign row reports its sync seconds and bytes per step.
 
 Equal-cores rule: a row's "cores" is the most cores its processes keep busy
 at once (sampler + learners + judge, the judge's ~0 included); no row
@@ -63,6 +69,8 @@ class Row:
     threads: int
     learners: int = 1
     overlap: bool = False
+    sync: str = "collective"
+    """rayalign: rl.sync."""
 
     @property
     def cores(self) -> int:
@@ -78,23 +86,27 @@ class Row:
             return f"TRL GRPOTrainer, 1 process x {plural(self.threads, 'thread')}: {plural(self.cores, 'core')}"
         learners = f"{plural(self.learners, 'learner')} x {plural(self.threads, 'thread')}"
         phases = "rl.overlap on" if self.overlap else "rl.overlap off"
+        sync = "object-store sync" if self.sync == "object_store" else "collective sync"
         return (
-            f"rayalign, sampler {plural(self.threads, 'thread')} + {learners} + judge fn, {phases}: "
+            f"rayalign, sampler {plural(self.threads, 'thread')} + {learners} + judge fn, {phases}, {sync}: "
             f"{plural(self.cores, 'core')}"
         )
 
     def args(self) -> list[str]:
         """The child's own flags (``run_on_threads`` adds ``--threads``)."""
-        return ["--side", self.side, "--learners", str(self.learners), "--overlap", str(self.overlap).lower()]
+        overlap = str(self.overlap).lower()
+        return ["--side", self.side, "--learners", str(self.learners), "--overlap", overlap, "--sync", self.sync]
 
 
 def matrix(cores: int) -> list[Row]:
     """The rows on ``cores`` cores: TRL at 1 and ``cores`` threads; rayalign at 1 thread
-    (overlap off and on), at ``cores`` threads, and with ``cores`` learners.
+    (overlap off and on), at ``cores`` threads (collective and object-store sync), and with
+    ``cores`` learners.
 
-    >>> [(r.side, r.threads, r.learners, r.overlap, r.cores) for r in matrix(2)]  # doctest: +NORMALIZE_WHITESPACE
-    [('trl', 1, 1, False, 1), ('trl', 2, 1, False, 2), ('rayalign', 1, 1, False, 1),
-     ('rayalign', 1, 1, True, 2), ('rayalign', 2, 1, False, 2), ('rayalign', 1, 2, False, 2)]
+    >>> [(r.side, r.threads, r.learners, r.overlap, r.sync[0], r.cores) for r in matrix(2)]  # doctest: +NORMALIZE_WHITESPACE
+    [('trl', 1, 1, False, 'c', 1), ('trl', 2, 1, False, 'c', 2), ('rayalign', 1, 1, False, 'c', 1),
+     ('rayalign', 1, 1, True, 'c', 2), ('rayalign', 2, 1, False, 'c', 2), ('rayalign', 2, 1, False, 'o', 2),
+     ('rayalign', 1, 2, False, 'c', 2)]
     """
     return [
         Row("trl", 1),
@@ -102,6 +114,7 @@ def matrix(cores: int) -> list[Row]:
         Row("rayalign", 1),
         Row("rayalign", 1, overlap=True),
         Row("rayalign", cores),
+        Row("rayalign", cores, sync="object_store"),
         Row("rayalign", 1, learners=cores),
     ]
 
@@ -135,6 +148,7 @@ def _overrides(args, tmp: Path) -> list[str]:
         f"--rl.learner.checkpoint_every={args.steps}",
         "--rl.malformed_penalty=0.0",
         f"--rl.overlap={args.overlap}",
+        f"--rl.sync={args.sync}",
         f"--rl.learner.strategy={args.strategy}",
         "--rl.learner.zero_stage=2",
         f"--tracking.run_dir={tmp}",
@@ -158,6 +172,7 @@ def child_rayalign(args) -> dict:
         "threads": ran_with,
         "step_s": [x["timing/step"] for x in steps],
         "tokens": [x["rl/completion_tokens"] for x in steps],
+        "sync_mb": statistics.mean(x["rl/sync_bytes"] for x in steps) / 1e6,
         "phases": {p: statistics.mean(x[f"timing/{p}"] for x in steps[1:] or steps) for p in PHASES},
         "wall_s": time.perf_counter() - began,
     }
@@ -266,6 +281,7 @@ def main() -> None:
     p.add_argument("--side", default="trl", help=argparse.SUPPRESS)
     p.add_argument("--overlap", default="false", help=argparse.SUPPRESS)
     p.add_argument("--learners", type=int, default=1, help=argparse.SUPPRESS)
+    p.add_argument("--sync", default="collective", help=argparse.SUPPRESS)
     p.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.cores < 2:
@@ -301,6 +317,8 @@ def _row(row: Row, r: dict, per_step: int, baseline: float) -> list:
         _steady(r),
         rate,
         statistics.mean(r["tokens"]) if r["tokens"] else "-",
+        r["phases"].get("sync", "-") if r["phases"] else "-",
+        r.get("sync_mb", "-"),
         r["wall_s"],
         f"{rate / baseline:.2f}x",
     ]
@@ -324,7 +342,7 @@ def run(args) -> None:
     headers = ["run", "learner threads (read back)", "step 1 s", "steady step s", "completions/s"]
     print(
         table(
-            [*headers, "mean completion tokens", "wall s", "vs best TRL"],
+            [*headers, "mean completion tokens", "sync s", "sync MB/step", "wall s", "vs best TRL"],
             [_row(row, r, per_step, per_step / _steady(best)) for row, r in results],
         )
     )

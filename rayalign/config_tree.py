@@ -321,6 +321,13 @@ class RLConfig:
     """Completions per learner forward pass; prompts_per_step * group_size must split evenly."""
     overlap: bool = False
     """Generate and judge step t+1 while learning step t (one step off-policy at most)."""
+    sync: Literal["collective", "object_store"] = "collective"
+    """How new weights reach the samplers: collective = the learners' rank 0 broadcasts them in buckets
+    over a group with every sampler (gloo on CPU, NCCL on GPU), no full copy anywhere; object_store =
+    the whole fp32 state dict through the Ray object store (needs cluster.object_store_mib above it)."""
+    sync_bucket_mib: int = bounded(128, ge=1)
+    """Collective sync: at most this much per broadcast; extra memory is about one bucket on the learner's
+    rank 0 and two on each sampler."""
     learner: LearnerConfig = field(
         default_factory=lambda: LearnerConfig(num_workers=1, cpus_per_worker=0.5, checkpoint_every=5)
     )

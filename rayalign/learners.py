@@ -23,7 +23,7 @@ import copy
 import logging
 import random
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -127,6 +127,13 @@ class DeepSpeedLearner:
         if path is None:
             raise ResumeError(f"no DeepSpeed state in checkpoint {directory}")
 
+    def weight_layout(self) -> list[tuple[str, str, tuple[int, ...]]]:
+        return module_layout(self.module)
+
+    def weights(self, names: Sequence[str]):
+        """A context giving the named tensors, whole; with ZeRO-3 every rank enters it (they gather)."""
+        return module_tensors(self.module, names, gather=self.settings.zero_stage == 3)
+
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """Every weight, HF-named, on CPU; with ZeRO-3 every rank must call it."""
         if self.settings.zero_stage == 3:
@@ -190,6 +197,13 @@ class DDPLearner:
         self.module.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
 
+    def weight_layout(self) -> list[tuple[str, str, tuple[int, ...]]]:
+        return module_layout(self.module)
+
+    def weights(self, names: Sequence[str]):
+        """A context giving the named tensors (the live parameters, no copy)."""
+        return module_tensors(self.module, names, gather=False)
+
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         return _cpu_state(self.module)
 
@@ -209,6 +223,29 @@ def build_learner(settings: LearnerSettings, model, world_size: int) -> Learner:
 def _check_micro_steps(micro_steps: Sequence[MicroStep], grad_accum: int) -> None:
     if len(micro_steps) != grad_accum:
         raise ValueError(f"train_step: got {len(micro_steps)} micro-batches, the learner was built for {grad_accum}")
+
+
+def module_layout(module) -> list[tuple[str, str, tuple[int, ...]]]:
+    """``(name, dtype, full shape)`` of each state-dict tensor, HF-named, in order (ZeRO-3: ``ds_shape``)."""
+    return [
+        (name, str(t.dtype).removeprefix("torch."), tuple(getattr(t, "ds_shape", t.shape)))
+        for name, t in module.state_dict(keep_vars=True).items()
+    ]
+
+
+@contextmanager
+def module_tensors(module, names: Sequence[str], *, gather: bool):
+    """The named state-dict tensors; ``gather``: ZeRO-3 parameters gathered whole while inside."""
+    state = module.state_dict(keep_vars=True)
+    picked = {name: state[name] for name in names}
+    if not gather:
+        yield picked
+        return
+    import deepspeed
+
+    params = list({id(t): t for t in picked.values() if isinstance(t, torch.nn.Parameter)}.values())
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+        yield picked
 
 
 def _cpu_state(module) -> dict[str, torch.Tensor]:

@@ -63,6 +63,8 @@ from rayalign.rl.reward import (
     shape_rollout_reward,
 )
 from rayalign.rollout.engine import sampling_settings
+from rayalign.rollout.pool import WeightSource
+from rayalign.rollout.weight_sync import plan_buckets
 from rayalign.training import (
     Progress,
     StepReporter,
@@ -215,13 +217,26 @@ def learn(
     )
 
 
-def sync(learner, job: RLJob, version: int, rank: int) -> None:
-    """New weights into every sampler, tagged ``version`` (ZeRO-3: all ranks gather)."""
-    if rank != 0 and not (job.learner.strategy == "deepspeed" and job.learner.zero_stage == 3):
-        return
-    state = learner.full_state_dict()
-    if rank == 0:
-        job.pool.update_weights(state, version)
+def sync(learner, job: RLJob, version: int, rank: int) -> int:
+    """New weights into every sampler, tagged ``version`` (ZeRO-3: all ranks gather);
+    returns the bytes rank 0 sent (0 on other ranks)."""
+    zero3 = job.learner.strategy == "deepspeed" and job.learner.zero_stage == 3
+    if rank != 0 and not zero3:
+        return 0
+    if job.cfg.rl.sync == "object_store":
+        state = learner.full_state_dict()
+        if rank == 0:
+            job.pool.update_weights(state, version)
+        return sum(t.nbytes for t in state.values()) if rank == 0 else 0
+    buckets = plan_buckets(learner.weight_layout(), job.cfg.rl.sync_bucket_mib << 20)
+    if rank != 0:  # ZeRO-3: gather each bucket with rank 0
+        for bucket in buckets:
+            with learner.weights(bucket.names):
+                pass
+        return 0
+    gpu = job.use_gpu
+    source = WeightSource(buckets, learner.weights, "nccl" if gpu else "gloo", "cuda" if gpu else "cpu", not zero3)
+    return job.pool.broadcast_weights(source, version)
 
 
 # ------------------------------------------------------------ learning
@@ -424,11 +439,13 @@ def _step(job: RLJob, step: int, state: RLState, rollouts, learner, reference, r
             prepared = rollouts.get(step)
         rollouts.prefetch(step + 1)
     experiences = share_experiences(prepared.experiences if prepared else None, rank, world_size)
-    with timed(timings, "learn"):
-        stats = learn(learner, reference, job, experiences, job.cfg.rl.lr, rank, world_size)
-    with timed(timings, "sync"):
-        sync(learner, job, state.policy_version + 1, rank)
-    return prepared, experiences, stats
+    # Rank 0: a restarted sampler is given weights between steps, never half-updated ones.
+    with job.pool.weights_lock if rank == 0 else nullcontext():
+        with timed(timings, "learn"):
+            stats = learn(learner, reference, job, experiences, job.cfg.rl.lr, rank, world_size)
+        with timed(timings, "sync"):
+            sent = sync(learner, job, state.policy_version + 1, rank)
+    return prepared, experiences, dataclasses.replace(stats, sync_bytes=sent)
 
 
 def _log_step(

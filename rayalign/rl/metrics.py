@@ -36,6 +36,8 @@ class LearnStats:
     entropy: float
     grad_norm: float
     tokens: int
+    sync_bytes: int = 0
+    """Bytes of weights rank 0 sent to the samplers after the step."""
 
 
 def step_metrics(
@@ -66,6 +68,7 @@ def step_metrics(
         "rl/ratio_mean": stats.ratio_mean,
         "rl/entropy": stats.entropy,
         "rl/grad_norm": stats.grad_norm,
+        "rl/sync_bytes": stats.sync_bytes,
         "rl/policy_version": policy_version,
         "rl/prompts_seen": prompts_seen,
         "rl/completions_per_s": n / timings["step"],

@@ -5,10 +5,13 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from rayalign.rollout.format import format_regex
 from rayalign.types import FinishReason, SamplingSettings
+
+if TYPE_CHECKING:
+    from rayalign.rollout.weight_sync import Bucket, GroupAddress
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,12 @@ class Backend(Protocol):
 
     def load_weights(self, state: Mapping) -> None:
         """Replace the engine's weights with a HF-named state dict."""
+
+    def join_weight_group(self, address: GroupAddress, rank_offset: int) -> None:
+        """Join the weight-sync group (rayalign.rollout.weight_sync) as rank ``rank_offset`` (+ worker rank)."""
+
+    def receive_weights(self, buckets: Sequence[Bucket]) -> None:
+        """Receive one bucketed broadcast of HF-named weights from the group's rank 0 and load it."""
 
 
 def prompt_seed(base: int, prompt_id: str) -> int:

@@ -8,6 +8,7 @@ import torch
 
 from rayalign.models import load_model
 from rayalign.rollout.engine import EngineConfig, Sampled
+from rayalign.rollout.weight_sync import Bucket, GroupAddress, join_group, receive
 from rayalign.types import SamplingSettings
 
 
@@ -68,6 +69,23 @@ class HFBackend:
         missing, unexpected = self.model.load_state_dict(dict(state), strict=False)
         if unexpected or [m for m in missing if "lm_head" not in m]:
             raise ValueError(f"weights do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+    def join_weight_group(self, address: GroupAddress, rank_offset: int) -> None:
+        self.group = join_group(address, rank_offset)
+        self.group_device = self.model.device if address.backend == "nccl" else torch.device("cpu")
+
+    @torch.no_grad()
+    def receive_weights(self, buckets: Sequence[Bucket]) -> None:
+        """Copy each received tensor into the parameter of its name, bucket by bucket."""
+        params = self.model.state_dict(keep_vars=True)
+        weights = receive(self.group, buckets, self.group_device)
+        try:
+            for name, tensor in weights:
+                if name not in params:
+                    raise ValueError(f"weights do not fit the model: no tensor named {name}")
+                params[name].copy_(tensor)
+        finally:
+            weights.close()
 
 
 def _eos_ids(model, tokenizer) -> list[int]:

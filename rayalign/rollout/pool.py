@@ -3,15 +3,19 @@
 Prompts are cut into chunks; each actor works on one chunk at a time. A chunk
 whose actor dies is sent again (to the restarted actor or another one), and a
 chunk's result is accepted once, so no prompt is lost or sampled twice. A
-restarted actor comes back with its initial weights, so the pool pushes the
-latest weights to it before giving it more work.
+restarted actor comes back with its initial weights, so the pool gives it the
+latest weights before giving it more work: through the object store
+(``update_weights``), or by rebuilding the weight-sync group with every actor
+and broadcasting the learner's current weights again (``broadcast_weights``).
 """
 
 from __future__ import annotations
 
 import math
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import ray
@@ -20,11 +24,31 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from rayalign.errors import RayalignError
 from rayalign.rollout.engine import EngineConfig
 from rayalign.rollout.vllm_backend import engine_env
+from rayalign.rollout.weight_sync import Bucket, GroupAddress, create_store, join_group, send
 from rayalign.rollout.worker import RolloutWorker
 from rayalign.types import Prompt, Rollout, SamplingSettings
 
 _ACTOR_LOST = (RayActorError, ActorDiedError, ActorUnavailableError)
 RESTART_TIMEOUT_S = 600
+SYNC_TIMEOUT_S = 120
+"""A collective sync that makes no progress for this long fails (a peer died)."""
+
+TensorsFor = Callable[[Sequence[str]], AbstractContextManager[Mapping[str, "object"]]]
+
+
+@dataclass(frozen=True)
+class WeightSource:
+    """Where a collective sync reads the weights: rank 0 of the learners."""
+
+    buckets: tuple[Bucket, ...]
+    tensors_for: TensorsFor
+    """names -> a context giving those tensors (a ZeRO-3 learner gathers them there)."""
+    backend: str
+    """gloo (CPU) or nccl (GPU)."""
+    device: str
+    """Where the send buffer lives: cpu or cuda."""
+    resendable: bool
+    """Whether rank 0 can read the weights alone (not under ZeRO-3), to give a restarted sampler."""
 
 
 @dataclass(frozen=True)
@@ -64,8 +88,22 @@ class RolloutPool:
         self.actors = [actor_cls.options(**options).remote(engine) for _ in range(resources.num_workers)]
         self.policy_version = 0
         self._weights_ref = None
+        self._source: WeightSource | None = None
+        self._group = None
+        self._generation = 0
         self.retries = 0
         """Chunks sent again after an actor died (for logs and tests)."""
+
+    def __getstate__(self) -> dict:
+        # The pool travels to the learner's rank 0: without its group, source or lock.
+        return self.__dict__ | {"_group": None, "_store": None, "_source": None, "_lock_": None}
+
+    @property
+    def weights_lock(self) -> threading.RLock:
+        """Held while weights change: a learner's update + sync, and every broadcast."""
+        if getattr(self, "_lock_", None) is None:
+            self._lock_ = threading.RLock()
+        return self._lock_
 
     def wait_ready(self, timeout_s: float = 600) -> list:
         """Block until every actor has built its engine; returns their WorkerInfo."""
@@ -88,6 +126,8 @@ class RolloutPool:
             ray.get(self.actors[actor].info.remote(), timeout=5)
             if self._weights_ref is not None:
                 ray.get(self.actors[actor].update_weights.remote(self._weights_ref, self.policy_version))
+            elif self._source is not None:
+                self._resend()
             return True
         except (ActorUnavailableError, ray.exceptions.GetTimeoutError):
             return False  # still restarting
@@ -95,9 +135,59 @@ class RolloutPool:
     def update_weights(self, state: Mapping, version: int | None = None) -> int:
         """Push a HF-named state dict to every sampler through the object store."""
         self.policy_version = self.policy_version + 1 if version is None else version
-        self._weights_ref = ray.put(dict(state))
+        self._weights_ref, self._source = ray.put(dict(state)), None
         ray.get([a.update_weights.remote(self._weights_ref, self.policy_version) for a in self.actors])
         return self.policy_version
+
+    def broadcast_weights(self, source: WeightSource, version: int) -> int:
+        """Collective sync from this process (the learners' rank 0) to every
+        sampler, in ``source.buckets``; the first call builds the group, a
+        failed one (a sampler died) rebuilds it once with every actor back.
+        Returns the bytes broadcast."""
+        with self.weights_lock:
+            self._source, self._weights_ref = source, None
+            try:
+                return self._broadcast(source, version)
+            except (ray.exceptions.RayError, RuntimeError) as e:  # a sampler died, or the group broke
+                self._group = None
+                if not source.resendable:
+                    raise PoolError(f"weight broadcast failed and a ZeRO-3 learner cannot resend alone: {e}") from e
+                self.wait_ready(RESTART_TIMEOUT_S)
+                return self._broadcast(source, version)
+
+    def _resend(self) -> None:
+        """A restarted sampler: rebuild the group, broadcast the current weights again."""
+        with self.weights_lock:
+            if not self._source.resendable:
+                raise PoolError(
+                    "a sampler restarted; ZeRO-3 learners cannot resend weights outside a step: "
+                    "use rl.sync: object_store"
+                )
+            self._group = None
+            self._broadcast(self._source, self.policy_version)
+
+    def _broadcast(self, source: WeightSource, version: int) -> int:
+        if self._group is None:
+            self._group = self._open_group(source.backend)
+        refs = [a.receive_weights.remote(source.buckets, version) for a in self.actors]
+        sent = send(self._group, source.buckets, source.tensors_for, source.device)
+        ray.get(refs, timeout=SYNC_TIMEOUT_S)
+        self.policy_version = version
+        return sent
+
+    def _open_group(self, backend: str):
+        """Rank 0 here, then each engine worker of each actor (``tensor_parallel_size`` per actor)."""
+        per_actor = self.engine.tensor_parallel_size
+        world_size = 1 + per_actor * len(self.actors)
+        host = ray.util.get_node_ip_address()
+        store = create_store(host, world_size, SYNC_TIMEOUT_S)
+        self._generation += 1
+        address = GroupAddress(host, store.port, world_size, backend, f"{id(self)}-{self._generation}", SYNC_TIMEOUT_S)
+        refs = [a.join_weight_group.remote(address, 1 + i * per_actor) for i, a in enumerate(self.actors)]
+        group = join_group(address, 0, store)
+        ray.get(refs, timeout=SYNC_TIMEOUT_S)
+        self._store = store  # the rendezvous lives as long as the group
+        return group
 
     def shutdown(self) -> None:
         for actor in self.actors:

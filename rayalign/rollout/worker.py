@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from rayalign.errors import RayalignError
 from rayalign.models import chat_prompt, load_tokenizer
 from rayalign.rollout.engine import EngineConfig, build_backend, prompt_seed
+from rayalign.rollout.weight_sync import Bucket, GroupAddress
 from rayalign.types import Prompt, Rollout, SamplingSettings
 
 
@@ -82,5 +83,14 @@ class RolloutWorker:
     def update_weights(self, state: Mapping, version: int) -> int:
         """Load new weights (HF tensor names) and tag later rollouts with ``version``."""
         self.backend.load_weights(state)
+        self.policy_version = version
+        return version
+
+    def join_weight_group(self, address: GroupAddress, rank_offset: int) -> None:
+        self.backend.join_weight_group(address, rank_offset)
+
+    def receive_weights(self, buckets: Sequence[Bucket], version: int) -> int:
+        """Take one bucketed broadcast of new weights; tag later rollouts with ``version``."""
+        self.backend.receive_weights(buckets)
         self.policy_version = version
         return version

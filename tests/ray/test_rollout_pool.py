@@ -1,6 +1,7 @@
 """Sampler actors on a real local Ray with the vLLM backend and the tiny model."""
 
 import collections
+import contextlib
 import threading
 import time
 
@@ -10,7 +11,8 @@ import torch
 
 from rayalign.models import load_model
 from rayalign.rollout.engine import EngineConfig
-from rayalign.rollout.pool import PoolResources, RolloutPool
+from rayalign.rollout.pool import PoolResources, RolloutPool, WeightSource
+from rayalign.rollout.weight_sync import layout, plan_buckets, total_bytes
 from rayalign.types import Message, Prompt, SamplingSettings
 
 ENGINE = EngineConfig(model="builtin:tiny", backend="vllm", dtype="float32", max_model_len=512)
@@ -110,3 +112,47 @@ def test_weight_update_switches_samplers_to_the_new_model(pool):
     pool.update_weights(original.state_dict(), version=8)
     restored = pool.generate(prompts, greedy)
     assert [r.token_ids for r in restored] == [r.token_ids for r in before]
+
+
+@contextlib.contextmanager
+def _named(state, names):
+    yield {n: state[n] for n in names}
+
+
+def _source(model, bucket_bytes: int = 64 << 10) -> WeightSource:
+    state = model.state_dict()
+    buckets = plan_buckets(layout(state), bucket_bytes)
+    return WeightSource(buckets, lambda names: _named(state, names), "gloo", "cpu", resendable=True)
+
+
+def test_collective_sync_switches_samplers_and_a_restarted_one_rejoins(pool):
+    original, tokenizer = load_model("builtin:tiny", dtype="float32")
+    other, _ = load_model("builtin:tiny", dtype="float32")
+    torch.manual_seed(4321)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    greedy = SamplingSettings(n=1, temperature=0.0, max_new_tokens=12, seed=0)
+    prompts = _prompts(4)
+    before = pool.generate(prompts, greedy)
+
+    source = _source(other)
+    assert len(source.buckets) > 3  # the tiny model in many small buckets
+    assert pool.broadcast_weights(source, version=11) == total_bytes(source.buckets)
+    after = pool.generate(prompts, greedy)
+    assert all(r.policy_version == 11 for r in after)
+    for r in after:
+        assert list(r.token_ids) == _greedy(other, tokenizer, r.prompt_token_ids, len(r.token_ids))
+    assert [r.token_ids for r in after] != [r.token_ids for r in before]
+
+    pool.broadcast_weights(_source(original), version=12)
+    assert [r.token_ids for r in pool.generate(prompts, greedy)] == [r.token_ids for r in before]
+
+    # A sampler dies: restarted with its initial weights, it rejoins a rebuilt group
+    # and gets the current ones (``other``, version 13) before any more work.
+    pool.broadcast_weights(_source(other), version=13)
+    ray.kill(pool.actors[1], no_restart=False)
+    again = pool.generate(prompts, greedy, chunk_size=1)
+    assert {i.policy_version for i in pool.wait_ready()} == {13}
+    assert all(r.policy_version == 13 for r in again)
+    assert [r.token_ids for r in again] == [r.token_ids for r in after]
