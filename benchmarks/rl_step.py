@@ -20,6 +20,10 @@ at least 2):
   step t+1 runs during learning of step t: 2 cores);
 - rayalign, sampler C threads + 1 learner x C threads, overlap off;
 - rayalign, sampler 1 thread + C learners x 1 thread, overlap off;
+- rayalign, sampler 1 thread + 1 learner x 1 thread + the reference on an
+  actor of its own (1 thread, ``rl.reference.placement: engine``), overlap
+  on: the reference scores step t + 1 after its generation, while the
+  learner trains step t (2 cores);
 - rayalign, sampler C threads + 1 learner x C threads, overlap off, with
   ``rl.sync: object_store`` (the whole state dict through the Ray object
   store) instead of the default collective broadcast (``rl.sync: collective``,
@@ -57,7 +61,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import plural, run_on_threads, summary_threads, table  # noqa: E402
 
-PHASES = ("generate", "reward", "advantage", "wait_rollouts", "learn", "sync")
+PHASES = ("generate", "reward", "advantage", "reference", "wait_rollouts", "learn", "sync")
 
 
 @dataclass(frozen=True)
@@ -71,13 +75,15 @@ class Row:
     overlap: bool = False
     sync: str = "collective"
     """rayalign: rl.sync."""
+    reference: str = "learner"
+    """rayalign: rl.reference.placement."""
 
     @property
     def cores(self) -> int:
         """The most cores busy at once: without overlap, sampling and learning alternate."""
         if self.side == "trl":
             return self.threads
-        learning = self.learners * self.threads
+        learning = self.learners * self.threads  # the reference actor scores right after generating, before learning
         return self.threads + learning if self.overlap else max(self.threads, learning)
 
     @property
@@ -87,15 +93,19 @@ class Row:
         learners = f"{plural(self.learners, 'learner')} x {plural(self.threads, 'thread')}"
         phases = "rl.overlap on" if self.overlap else "rl.overlap off"
         sync = "object-store sync" if self.sync == "object_store" else "collective sync"
+        reference = " + reference actor" if self.reference == "engine" else ""
         return (
-            f"rayalign, sampler {plural(self.threads, 'thread')} + {learners} + judge fn, {phases}, {sync}: "
-            f"{plural(self.cores, 'core')}"
+            f"rayalign, sampler {plural(self.threads, 'thread')} + {learners}{reference} + judge fn, {phases}, "
+            f"{sync}: {plural(self.cores, 'core')}"
         )
 
     def args(self) -> list[str]:
         """The child's own flags (``run_on_threads`` adds ``--threads``)."""
         overlap = str(self.overlap).lower()
-        return ["--side", self.side, "--learners", str(self.learners), "--overlap", overlap, "--sync", self.sync]
+        return [
+            *("--side", self.side, "--learners", str(self.learners), "--overlap", overlap),
+            *("--sync", self.sync, "--reference", self.reference),
+        ]
 
 
 def matrix(cores: int) -> list[Row]:
@@ -103,16 +113,18 @@ def matrix(cores: int) -> list[Row]:
     (overlap off and on), at ``cores`` threads (collective and object-store sync), and with
     ``cores`` learners.
 
-    >>> [(r.side, r.threads, r.learners, r.overlap, r.sync[0], r.cores) for r in matrix(2)]  # doctest: +NORMALIZE_WHITESPACE
-    [('trl', 1, 1, False, 'c', 1), ('trl', 2, 1, False, 'c', 2), ('rayalign', 1, 1, False, 'c', 1),
-     ('rayalign', 1, 1, True, 'c', 2), ('rayalign', 2, 1, False, 'c', 2), ('rayalign', 2, 1, False, 'o', 2),
-     ('rayalign', 1, 2, False, 'c', 2)]
+    >>> [(r.side, r.threads, r.learners, r.overlap, r.sync[0], r.reference[0], r.cores)
+    ...  for r in matrix(2)]  # doctest: +NORMALIZE_WHITESPACE
+    [('trl', 1, 1, False, 'c', 'l', 1), ('trl', 2, 1, False, 'c', 'l', 2), ('rayalign', 1, 1, False, 'c', 'l', 1),
+     ('rayalign', 1, 1, True, 'c', 'l', 2), ('rayalign', 1, 1, True, 'c', 'e', 2), ('rayalign', 2, 1, False, 'c', 'l', 2),
+     ('rayalign', 2, 1, False, 'o', 'l', 2), ('rayalign', 1, 2, False, 'c', 'l', 2)]
     """
     return [
         Row("trl", 1),
         Row("trl", cores),
         Row("rayalign", 1),
         Row("rayalign", 1, overlap=True),
+        Row("rayalign", 1, overlap=True, reference="engine"),
         Row("rayalign", cores),
         Row("rayalign", cores, sync="object_store"),
         Row("rayalign", 1, learners=cores),
@@ -149,6 +161,8 @@ def _overrides(args, tmp: Path) -> list[str]:
         "--rl.malformed_penalty=0.0",
         f"--rl.overlap={args.overlap}",
         f"--rl.sync={args.sync}",
+        f"--rl.reference.placement={args.reference}",
+        f"--rl.reference.cpus_per_worker={args.cores / 8}",
         f"--rl.learner.strategy={args.strategy}",
         "--rl.learner.zero_stage=2",
         f"--tracking.run_dir={tmp}",
@@ -173,7 +187,11 @@ def child_rayalign(args) -> dict:
         "step_s": [x["timing/step"] for x in steps],
         "tokens": [x["rl/completion_tokens"] for x in steps],
         "sync_mb": statistics.mean(x["rl/sync_bytes"] for x in steps) / 1e6,
-        "phases": {p: statistics.mean(x[f"timing/{p}"] for x in steps[1:] or steps) for p in PHASES},
+        "phases": {
+            p: statistics.mean(x[f"timing/{p}"] for x in steps[1:] or steps)
+            for p in PHASES
+            if f"timing/{p}" in steps[0]
+        },
         "wall_s": time.perf_counter() - began,
     }
 
@@ -282,6 +300,7 @@ def main() -> None:
     p.add_argument("--overlap", default="false", help=argparse.SUPPRESS)
     p.add_argument("--learners", type=int, default=1, help=argparse.SUPPRESS)
     p.add_argument("--sync", default="collective", help=argparse.SUPPRESS)
+    p.add_argument("--reference", default="learner", help=argparse.SUPPRESS)
     p.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.cores < 2:

@@ -284,6 +284,24 @@ class SFTConfig:
 
 
 @dataclass(frozen=True)
+class ReferenceConfig:
+    """Where RL's frozen KL reference runs (rl.reference)."""
+
+    placement: Literal["learner", "engine"] = "learner"
+    """learner: every learner holds the reference and scores its share before each update; engine: one
+    actor beside the samplers scores each step's completions while rank 0 prepares the step (under
+    rl.overlap, while the learners train the previous one), and the learners hold only the policy."""
+    cpus_per_worker: float = bounded(0.5, ge=0.0)
+    """CPUs the reference actor asks of Ray (placement: engine)."""
+    gpus_per_worker: float = bounded(0.0, ge=0.0)
+    """GPUs the reference actor asks (> 0: it runs on CUDA)."""
+    resource: str = ""
+    """Custom Ray resource the reference actor asks for (e.g. rollout, to sit with the samplers)."""
+    threads: int = bounded(0, ge=0)
+    """Torch threads of the reference actor on CPU; 0 = model.threads."""
+
+
+@dataclass(frozen=True)
 class RLConfig:
     init: str = ""
     """Starting policy (and KL reference), e.g. runs/quickstart/sft/model; empty = model.policy."""
@@ -328,6 +346,8 @@ class RLConfig:
     sync_bucket_mib: int = bounded(128, ge=1)
     """Collective sync: at most this much per broadcast; extra memory is about one bucket on the learner's
     rank 0 and two on each sampler."""
+    reference: ReferenceConfig = field(default_factory=ReferenceConfig)
+    """Where the frozen KL reference scores completions: on each learner or on an actor of its own."""
     learner: LearnerConfig = field(
         default_factory=lambda: LearnerConfig(num_workers=1, cpus_per_worker=0.5, checkpoint_every=5)
     )

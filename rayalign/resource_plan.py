@@ -118,7 +118,12 @@ def stage_demands(cfg: Config) -> dict[str, list[Demand]]:
         "judge", max(j.replicas, j.max_replicas), j.cpus_per_replica, j.gpus_per_replica, j.resource, "judge.replicas"
     )
     sft, learn = (_learners(stage, getattr(cfg, stage).learner) for stage in ("sft", "rl"))
-    return {"generate": [rollout, judge], "sft": [sft], "rl": [rollout, judge, learn], "eval": [rollout, judge]}
+    ref = cfg.rl.reference
+    scorer = [
+        Demand("rl.reference", 1, ref.cpus_per_worker, ref.gpus_per_worker, ref.resource, "rl.reference.placement")
+    ]
+    rl = [rollout, judge, learn, *(scorer if ref.placement == "engine" else [])]
+    return {"generate": [rollout, judge], "sft": [sft], "rl": rl, "eval": [rollout, judge]}
 
 
 # ------------------------------------------------------- config vs cluster.*

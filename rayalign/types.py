@@ -231,6 +231,9 @@ class Experience:
     reward: float | None
     """None: unscorable, so the sample is left out of the update entirely."""
     policy_version: int = 0
+    ref_logprobs: tuple[float, ...] = ()
+    """(T,) the frozen reference's log-probs when scored off the learners (rl.reference.placement:
+    engine); empty: each learner scores its share itself."""
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +34,8 @@ class PolicyBatch:
     advantages: torch.Tensor  # (B,)
     prompt_len: int
     """P: column where every completion starts."""
+    ref_logprobs: torch.Tensor | None = None
+    """(B, T) the reference's log-probs scored off the learners (0 on padding); None: the learner scores."""
 
 
 def pad_experiences(experiences: Sequence[Experience], pad_id: int) -> PolicyBatch:
@@ -52,7 +55,7 @@ def pad_experiences(experiences: Sequence[Experience], pad_id: int) -> PolicyBat
         raise ValueError("pad_experiences: no experiences")
     prompt_len = max(len(e.prompt_token_ids) for e in experiences)
     width = max(len(e.token_ids) for e in experiences)
-    rows, attention, completions, masks, old = [], [], [], [], []
+    rows, attention, completions, masks, old, refs = [], [], [], [], [], []
     for e in experiences:
         if len(e.logprobs) != len(e.token_ids):
             raise ValueError(f"experience {e.prompt_id!r}: {len(e.logprobs)} log-probs for {len(e.token_ids)} tokens")
@@ -63,6 +66,14 @@ def pad_experiences(experiences: Sequence[Experience], pad_id: int) -> PolicyBat
         counts = 1.0 if e.reward is not None else 0.0
         masks.append([counts] * len(e.token_ids) + [0.0] * right)
         old.append(list(e.logprobs) + [0.0] * right)
+        if len(e.ref_logprobs) not in (0, len(e.token_ids)):
+            raise ValueError(
+                f"experience {e.prompt_id!r}: {len(e.ref_logprobs)} reference log-probs for {len(e.token_ids)} tokens"
+            )
+        refs.append(list(e.ref_logprobs) + [0.0] * right)
+    scored = {bool(e.ref_logprobs) for e in experiences}
+    if len(scored) > 1:
+        raise ValueError("pad_experiences: some experiences have reference log-probs and some do not")
     attention_mask = torch.tensor(attention, dtype=torch.long)  # (B, P + T)
     position_ids = (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)  # (B, P + T)
     return PolicyBatch(
@@ -74,6 +85,7 @@ def pad_experiences(experiences: Sequence[Experience], pad_id: int) -> PolicyBat
         old_logprobs=torch.tensor(old, dtype=torch.float32),
         advantages=torch.tensor([e.advantage for e in experiences], dtype=torch.float32),
         prompt_len=prompt_len,
+        ref_logprobs=torch.tensor(refs, dtype=torch.float32) if scored == {True} else None,
     )
 
 
@@ -99,6 +111,25 @@ def token_logprobs(logits: torch.Tensor, token_ids: torch.Tensor) -> torch.Tenso
     """
     logp = torch.log_softmax(logits.float(), dim=-1)  # (B, T, V)
     return logp.gather(-1, token_ids.unsqueeze(-1)).squeeze(-1)  # (B, T)
+
+
+def forward_logits(model, batch: PolicyBatch, device) -> torch.Tensor:
+    """(B, T, V) the model's logits at the completion positions."""
+    out = model(
+        input_ids=batch.input_ids.to(device),
+        attention_mask=batch.attention_mask.to(device),
+        position_ids=batch.position_ids.to(device),
+        use_cache=False,
+        logits_to_keep=logits_to_keep(batch),
+    )
+    return completion_logits(out.logits, batch)
+
+
+def reference_logprobs(reference, batch: PolicyBatch, device, *, bf16: bool = False) -> torch.Tensor:
+    """(B, T) log-probs of the completion tokens under the frozen reference (bf16: CUDA autocast)."""
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else nullcontext()
+    with torch.no_grad(), autocast:
+        return token_logprobs(forward_logits(reference, batch, device), batch.completion_ids.to(device))
 
 
 def entropy_sum(logits: torch.Tensor, mask: torch.Tensor) -> float:

@@ -45,16 +45,17 @@ from rayalign.models import load_tokenizer
 from rayalign.rl.advantage import group_advantages
 from rayalign.rl.batch import (
     PolicyBatch,
-    completion_logits,
     entropy_sum,
-    logits_to_keep,
+    forward_logits,
     pad_experiences,
+    reference_logprobs,
     shard,
     step_prompt_indices,
     token_logprobs,
 )
 from rayalign.rl.loss import policy_loss
 from rayalign.rl.metrics import TABLE_COLUMNS, Judged, LearnStats, step_metrics, table_rows
+from rayalign.rl.reference import load_reference, with_reference
 from rayalign.rl.reward import (
     RewardShaping,
     judge_requests,
@@ -93,6 +94,8 @@ class RLJob(TrainingJob):
     """ObjectRef to the training prompts (list[Prompt])."""
     pool: Any
     """The RolloutPool of sampler actors (used by rank 0)."""
+    reference: Any = None
+    """The ReferenceScorer actor (rl.reference.placement: engine; used by rank 0); None: each learner scores."""
 
 
 @dataclass(frozen=True)
@@ -191,7 +194,7 @@ def learn(
         pad_experiences(mine[i : i + r.micro_batch_size], job.pad_id) for i in range(0, len(mine), r.micro_batch_size)
     ]
     device = learner.device
-    refs = [reference_logprobs(reference, b, device, job) for b in batches]
+    refs = [_reference(reference, b, device, job) for b in batches]
     # The step's loss is a mean over all ranks' sequences (or tokens): each
     # micro-batch's mean is weighted by its share, times world_size because
     # the learners average gradients over ranks.
@@ -242,25 +245,13 @@ def sync(learner, job: RLJob, version: int, rank: int) -> int:
 # ------------------------------------------------------------ learning
 
 
-def _autocast(job: RLJob):
-    return torch.autocast("cuda", dtype=torch.bfloat16) if job.bf16 else nullcontext()
-
-
-def _forward_logits(model, batch: PolicyBatch, device) -> torch.Tensor:
-    out = model(
-        input_ids=batch.input_ids.to(device),
-        attention_mask=batch.attention_mask.to(device),
-        position_ids=batch.position_ids.to(device),
-        use_cache=False,
-        logits_to_keep=logits_to_keep(batch),
-    )
-    return completion_logits(out.logits, batch)  # (B, T, V)
-
-
-def reference_logprobs(reference, batch: PolicyBatch, device, job: RLJob) -> torch.Tensor:
-    """(B, T) log-probs of the completion tokens under the frozen reference."""
-    with torch.no_grad(), _autocast(job):
-        return token_logprobs(_forward_logits(reference, batch, device), batch.completion_ids.to(device))
+def _reference(reference, batch: PolicyBatch, device, job: RLJob) -> torch.Tensor:
+    """The batch's reference log-probs: scored off the learners already, or by this learner now."""
+    if batch.ref_logprobs is not None:
+        return batch.ref_logprobs.to(device)
+    if reference is None:
+        raise RuntimeError("experiences came without reference log-probs and this learner holds no reference")
+    return reference_logprobs(reference, batch, device, bf16=job.bf16)
 
 
 def _micro_step(batch: PolicyBatch, ref: torch.Tensor, job: RLJob, seqs: float, toks: float, world_size: int, acc):
@@ -274,7 +265,7 @@ def _micro_step(batch: PolicyBatch, ref: torch.Tensor, job: RLJob, seqs: float, 
 
     def run(model) -> torch.Tensor:
         device = ref.device
-        logits = _forward_logits(model, batch, device)
+        logits = forward_logits(model, batch, device)
         logp = token_logprobs(logits, batch.completion_ids.to(device))  # (B, T)
         out = policy_loss(
             logp,
@@ -303,13 +294,13 @@ def micro_batches_per_rank(job: RLJob, world_size: int) -> int:
 
 
 def build_models(job: RLJob, device):
-    """(policy in float32, frozen reference on ``device``): both start from job.model_path."""
+    """(policy in float32, frozen reference on ``device`` or None when an actor of its own scores):
+    both start from job.model_path."""
     from transformers import AutoModelForCausalLM
 
     policy = AutoModelForCausalLM.from_pretrained(job.model_path, dtype=torch.float32)
     policy.config.use_cache = False
-    reference = AutoModelForCausalLM.from_pretrained(job.model_path, dtype=torch.float32).to(device).eval()
-    reference.requires_grad_(False)
+    reference = load_reference(job.model_path, device) if job.reference is None else None
     return policy, reference
 
 
@@ -356,6 +347,9 @@ def prepare(job: RLJob, client: JudgeClient, prompts: Sequence[Prompt], step: in
         judged = reward(job, client, picked, rollouts)
     with timed(timings, "advantage"):
         experiences = advantage(job, judged)
+    if job.reference is not None:
+        with timed(timings, "reference"):
+            experiences = with_reference(experiences, ray.get(job.reference.score.remote(experiences)))
     return Prepared(judged, experiences, timings)
 
 

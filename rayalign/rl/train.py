@@ -19,14 +19,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import ray
+import torch
 
 from rayalign.cluster import init_ray
 from rayalign.config import Config
 from rayalign.errors import ConfigError
 from rayalign.judge.service import JudgeSettings, judge_session
-from rayalign.models import load_tokenizer, resolve_model
+from rayalign.models import load_tokenizer, resolve_model, torch_dtype
 from rayalign.resource_plan import check_resource_plan
 from rayalign.rl.loop import RLJob, RLSummary, rl_loop
+from rayalign.rl.reference import ReferenceScorer
 from rayalign.rollout.engine import EngineConfig
 from rayalign.rollout.pool import PoolResources, RolloutPool
 from rayalign.spec import load_spec
@@ -104,18 +106,47 @@ def run_rl(cfg: Config, output_dir: str | Path, *, resume: bool = True, log=prin
 def _train(cfg: Config, prompts, model_path: Path, storage: Path, output_dir: Path) -> Trained[RLSummary]:
     """The Ray Train run, with a sampler pool that lives as long as it does."""
     pool = RolloutPool(EngineConfig.from_config(cfg, model=str(model_path)), PoolResources.from_config(cfg))
+    pad_id = load_tokenizer(str(model_path)).pad_token_id
+    reference = _reference_actor(cfg, model_path, pad_id)
     try:
         pool.wait_ready()
         job = RLJob(
             cfg=cfg,
             model_path=str(model_path),
             run_dir=str(Path(cfg.tracking.run_dir).resolve()),
-            pad_id=load_tokenizer(str(model_path)).pad_token_id,
+            pad_id=pad_id,
             fingerprint=prompts_fingerprint([p.id for p in prompts]),
             total_steps=cfg.rl.steps,
             prompts=ray.put(prompts),
             pool=pool,
+            reference=reference,
         )
         return fit(rl_loop, job, storage, output_dir, RLSummary)
     finally:
         pool.shutdown()
+        if reference is not None:
+            ray.kill(reference)
+
+
+def _reference_actor(cfg: Config, model_path: Path, pad_id: int):
+    """The ReferenceScorer actor (rl.reference.placement: engine), or None."""
+    ref = cfg.rl.reference
+    if ref.placement != "engine":
+        return None
+    options = {"num_cpus": ref.cpus_per_worker, "num_gpus": ref.gpus_per_worker, "max_restarts": 2}
+    if ref.resource:
+        options["resources"] = {ref.resource: 1}
+    gpu = ref.gpus_per_worker > 0
+    bf16 = gpu and torch_dtype(cfg.model.dtype, "cuda") == torch.bfloat16
+    return (
+        ray.remote(ReferenceScorer)
+        .options(**options)
+        .remote(
+            str(model_path),
+            cfg.rl.micro_batch_size,
+            pad_id,
+            threads=ref.threads or cfg.model.threads,
+            device="cuda" if gpu else "cpu",
+            bf16=bf16,
+        )
+    )

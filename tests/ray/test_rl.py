@@ -108,7 +108,8 @@ def test_checkpoints_hold_state_and_a_loadable_model(rl_run):
 
 def test_resume_continues_at_the_step_and_data_position(rl_run, format_tuned_model):
     cfg, out, _ = rl_run
-    # Two more steps, now generating step t + 1 while learning step t.
+    # Two more steps, now generating step t + 1 while learning step t, and the
+    # reference scoring on an actor of its own (the learners hold no reference).
     more = rl_config(
         out,
         out / "prompts.jsonl",
@@ -116,6 +117,8 @@ def test_resume_continues_at_the_step_and_data_position(rl_run, format_tuned_mod
         "--rl.steps=14",
         "--rl.learner.checkpoint_every=6",
         "--rl.overlap=true",
+        "--rl.reference.placement=engine",
+        "--rl.reference.cpus_per_worker=0.25",
     )
     result = run_rl(more, out / "rl", log=lambda *_: None)
     assert (result.start_step, result.steps, result.prompts_seen, result.policy_version) == (12, 14, 56, 14)
@@ -125,3 +128,5 @@ def test_resume_continues_at_the_step_and_data_position(rl_run, format_tuned_mod
     # Step 13's rollouts come from the restored weights; step 14's were drawn during step 13's learn.
     assert [x["rl/staleness"] for x in lines][-2:] == [0, 1]
     assert all(x["rl/staleness"] == 0 for x in lines[:12])
+    assert all(x["timing/reference"] > 0 and x["rl/kl"] > 0 for x in lines[-2:])
+    assert all("timing/reference" not in x for x in lines[:12])
