@@ -348,6 +348,11 @@ class RLConfig:
     rank 0 and two on each sampler."""
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
     """Where the frozen KL reference scores completions: on each learner or on an actor of its own."""
+    lora_rank: int = bounded(0, ge=0)
+    """LoRA rank for RL (0 = full fine-tuning): the learners train adapters on every linear layer, the
+    reference is the policy with adapters off, and each sync sends only the adapters (rl.sync: collective)."""
+    lora_alpha: float = bounded(16.0, gt=0.0)
+    """LoRA scaling numerator (scale = lora_alpha / lora_rank)."""
     learner: LearnerConfig = field(
         default_factory=lambda: LearnerConfig(num_workers=1, cpus_per_worker=0.5, checkpoint_every=5)
     )

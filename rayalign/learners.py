@@ -128,7 +128,8 @@ class DeepSpeedLearner:
             raise ResumeError(f"no DeepSpeed state in checkpoint {directory}")
 
     def weight_layout(self) -> list[tuple[str, str, tuple[int, ...]]]:
-        return module_layout(self.module)
+        """What a sync sends: every weight, or with LoRA the adapters only."""
+        return module_layout(self.module, trainable_only=self.settings.lora)
 
     def weights(self, names: Sequence[str]):
         """A context giving the named tensors, whole; with ZeRO-3 every rank enters it (they gather)."""
@@ -198,7 +199,8 @@ class DDPLearner:
         self.optimizer.load_state_dict(state["optimizer"])
 
     def weight_layout(self) -> list[tuple[str, str, tuple[int, ...]]]:
-        return module_layout(self.module)
+        """What a sync sends: every weight, or with LoRA the adapters only."""
+        return module_layout(self.module, trainable_only=self.settings.lora)
 
     def weights(self, names: Sequence[str]):
         """A context giving the named tensors (the live parameters, no copy)."""
@@ -225,11 +227,15 @@ def _check_micro_steps(micro_steps: Sequence[MicroStep], grad_accum: int) -> Non
         raise ValueError(f"train_step: got {len(micro_steps)} micro-batches, the learner was built for {grad_accum}")
 
 
-def module_layout(module) -> list[tuple[str, str, tuple[int, ...]]]:
-    """``(name, dtype, full shape)`` of each state-dict tensor, HF-named, in order (ZeRO-3: ``ds_shape``)."""
+def module_layout(module, *, trainable_only: bool = False) -> list[tuple[str, str, tuple[int, ...]]]:
+    """``(name, dtype, full shape)`` of each state-dict tensor, HF-named, in order (ZeRO-3: ``ds_shape``);
+    ``trainable_only``: only parameters that train (a LoRA model's adapters). A tied tensor goes under
+    each of its names: vLLM's in-place reload restores a tied ``lm_head`` that receives nothing to its
+    old weights (measured: the sampler's log-probs then drift from the learner's)."""
     return [
         (name, str(t.dtype).removeprefix("torch."), tuple(getattr(t, "ds_shape", t.shape)))
         for name, t in module.state_dict(keep_vars=True).items()
+        if not trainable_only or (isinstance(t, torch.nn.Parameter) and t.requires_grad)
     ]
 
 

@@ -226,3 +226,11 @@ def chat_prompt(tokenizer, messages) -> str:
     """Render chat messages (``Message`` records or dicts) with the model's template."""
     plain = [m if isinstance(m, dict) else {"role": m.role, "content": m.content} for m in messages]
     return tokenizer.apply_chat_template(plain, tokenize=False, add_generation_prompt=True)
+
+
+def with_lora(model, rank: int, alpha: float):
+    """``model`` with LoRA adapters of ``rank`` on every linear layer but the output head (peft)."""
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(r=rank, lora_alpha=alpha, target_modules="all-linear", task_type="CAUSAL_LM")
+    return get_peft_model(model, lora)

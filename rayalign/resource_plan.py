@@ -165,8 +165,9 @@ def _check_single_actors(cfg: Config, origins: dict) -> None:
 
 def _check_learners(cfg: Config, origins: dict) -> None:
     """Learner layouts that cannot run: an RL batch that does not split over the
-    learners' micro-batches, several GPUs per learner, LoRA under ZeRO-3."""
-    s, r = cfg.sft, cfg.rl
+    learners' micro-batches, several GPUs per learner, LoRA under ZeRO-3, LoRA RL without
+    collective sync."""
+    r = cfg.rl
     batch = r.prompts_per_step * r.group_size
     if batch % (r.learner.num_workers * r.micro_batch_size):
         _fail(
@@ -178,9 +179,13 @@ def _check_learners(cfg: Config, origins: dict) -> None:
     for stage in ("sft", "rl"):
         if getattr(cfg, stage).learner.gpus_per_worker > 1:
             _fail("one GPU per learner at most; add learners instead", f"{stage}.learner.gpus_per_worker", origins)
-    if s.lora_rank > 0 and s.learner.strategy == "deepspeed" and s.learner.zero_stage == 3:
-        message = "LoRA with ZeRO-3 is not supported; use sft.learner.zero_stage <= 2 or sft.lora_rank=0"
-        _fail(message, "sft.lora_rank", origins)
+    for stage in ("sft", "rl"):
+        section = getattr(cfg, stage)
+        if section.lora_rank > 0 and section.learner.strategy == "deepspeed" and section.learner.zero_stage == 3:
+            message = f"LoRA with ZeRO-3 is not supported; use {stage}.learner.zero_stage <= 2 or {stage}.lora_rank=0"
+            _fail(message, f"{stage}.lora_rank", origins)
+    if r.lora_rank > 0 and r.sync != "collective":
+        _fail("LoRA RL syncs the adapters only, by collective broadcast: use rl.sync: collective", "rl.sync", origins)
 
 
 def _check_totals(stage: str, demands: list[Demand], cfg: Config, origins: dict) -> None:

@@ -41,7 +41,7 @@ import torch.distributed as dist
 from rayalign.judge.client import JudgeClient
 from rayalign.judge.service import connect_judge
 from rayalign.learners import build_learner, global_sum
-from rayalign.models import load_tokenizer
+from rayalign.models import load_tokenizer, with_lora
 from rayalign.rl.advantage import group_advantages
 from rayalign.rl.batch import (
     PolicyBatch,
@@ -65,7 +65,7 @@ from rayalign.rl.reward import (
 )
 from rayalign.rollout.engine import sampling_settings
 from rayalign.rollout.pool import WeightSource
-from rayalign.rollout.weight_sync import plan_buckets
+from rayalign.rollout.weight_sync import LoraSync, plan_buckets
 from rayalign.training import (
     Progress,
     StepReporter,
@@ -237,8 +237,11 @@ def sync(learner, job: RLJob, version: int, rank: int) -> int:
             with learner.weights(bucket.names):
                 pass
         return 0
-    gpu = job.use_gpu
-    source = WeightSource(buckets, learner.weights, "nccl" if gpu else "gloo", "cuda" if gpu else "cpu", not zero3)
+    gpu, r = job.use_gpu, job.cfg.rl
+    lora = LoraSync(r.lora_alpha / r.lora_rank) if r.lora_rank > 0 else None
+    source = WeightSource(
+        buckets, learner.weights, "nccl" if gpu else "gloo", "cuda" if gpu else "cpu", not zero3, lora
+    )
     return job.pool.broadcast_weights(source, version)
 
 
@@ -294,14 +297,30 @@ def micro_batches_per_rank(job: RLJob, world_size: int) -> int:
 
 
 def build_models(job: RLJob, device):
-    """(policy in float32, frozen reference on ``device`` or None when an actor of its own scores):
-    both start from job.model_path."""
+    """(policy in float32, frozen reference on ``device``): both start from job.model_path. With
+    LoRA (rl.lora_rank) the reference is the policy with its adapters off (no second model); with
+    the reference on an actor of its own, None."""
     from transformers import AutoModelForCausalLM
 
+    r = job.cfg.rl
     policy = AutoModelForCausalLM.from_pretrained(job.model_path, dtype=torch.float32)
     policy.config.use_cache = False
-    reference = load_reference(job.model_path, device) if job.reference is None else None
-    return policy, reference
+    if r.lora_rank > 0:
+        policy = with_lora(policy, r.lora_rank, r.lora_alpha)
+    if job.reference is not None:
+        return policy, None
+    return policy, AdaptersOff(policy) if r.lora_rank > 0 else load_reference(job.model_path, device)
+
+
+class AdaptersOff:
+    """A LoRA policy called with its adapters off: the frozen reference, sharing the base weights."""
+
+    def __init__(self, policy):
+        self.policy = policy
+
+    def __call__(self, **inputs):
+        with self.policy.disable_adapter():
+            return self.policy(**inputs)
 
 
 # ------------------------------------------------------------ the loop
@@ -387,7 +406,9 @@ def rl_loop(config: dict) -> None:
     r = job.cfg.rl
     rank, world_size = setup_worker(job)
     policy, reference = build_models(job, ray.train.torch.get_device() if job.use_gpu else torch.device("cpu"))
-    learner = build_learner(learner_settings(job, micro_batches_per_rank(job, world_size)), policy, world_size)
+    learner = build_learner(
+        learner_settings(job, micro_batches_per_rank(job, world_size), lora=r.lora_rank > 0), policy, world_size
+    )
     state = restore(learner, job, rank, world_size, RLState(fingerprint=job.fingerprint, world_size=world_size))
     if state.policy_version > 0:  # samplers start from the initial weights
         sync(learner, job, state.policy_version, rank)

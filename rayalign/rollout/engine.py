@@ -11,7 +11,7 @@ from rayalign.rollout.format import format_regex
 from rayalign.types import FinishReason, SamplingSettings
 
 if TYPE_CHECKING:
-    from rayalign.rollout.weight_sync import Bucket, GroupAddress
+    from rayalign.rollout.weight_sync import Bucket, GroupAddress, LoraSync
 
 
 @dataclass(frozen=True)
@@ -114,8 +114,9 @@ class Backend(Protocol):
     def join_weight_group(self, address: GroupAddress, rank_offset: int) -> None:
         """Join the weight-sync group (rayalign.rollout.weight_sync) as rank ``rank_offset`` (+ worker rank)."""
 
-    def receive_weights(self, buckets: Sequence[Bucket]) -> None:
-        """Receive one bucketed broadcast of HF-named weights from the group's rank 0 and load it."""
+    def receive_weights(self, buckets: Sequence[Bucket], lora: LoraSync | None = None) -> None:
+        """Receive one bucketed broadcast of HF-named weights (``lora``: peft adapters, merged into the
+        engine's starting weights) from the group's rank 0 and load it."""
 
 
 def prompt_seed(base: int, prompt_id: str) -> int:

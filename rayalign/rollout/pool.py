@@ -24,7 +24,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from rayalign.errors import RayalignError
 from rayalign.rollout.engine import EngineConfig
 from rayalign.rollout.vllm_backend import engine_env
-from rayalign.rollout.weight_sync import Bucket, GroupAddress, create_store, join_group, send
+from rayalign.rollout.weight_sync import Bucket, GroupAddress, LoraSync, create_store, join_group, send
 from rayalign.rollout.worker import RolloutWorker
 from rayalign.types import Prompt, Rollout, SamplingSettings
 
@@ -49,6 +49,8 @@ class WeightSource:
     """Where the send buffer lives: cpu or cuda."""
     resendable: bool
     """Whether rank 0 can read the weights alone (not under ZeRO-3), to give a restarted sampler."""
+    lora: LoraSync | None = None
+    """The buckets hold LoRA adapters only; each engine merges them into its starting weights."""
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,8 @@ class RolloutPool:
         self._generation = 0
         self.retries = 0
         """Chunks sent again after an actor died (for logs and tests)."""
+        self.stale: set[int] = set()
+        """Actors that lost their weights (died and restarted) and get the latest before any work."""
 
     def __getstate__(self) -> dict:
         # The pool travels to the learner's rank 0: without its group, source or lock.
@@ -169,7 +173,7 @@ class RolloutPool:
     def _broadcast(self, source: WeightSource, version: int) -> int:
         if self._group is None:
             self._group = self._open_group(source.backend)
-        refs = [a.receive_weights.remote(source.buckets, version) for a in self.actors]
+        refs = [a.receive_weights.remote(source.buckets, version, source.lora) for a in self.actors]
         sent = send(self._group, source.buckets, source.tensors_for, source.device)
         ray.get(refs, timeout=SYNC_TIMEOUT_S)
         self.policy_version = version
@@ -205,8 +209,9 @@ class _Schedule:
     def __init__(self, pool: RolloutPool, chunks: list[list[Prompt]], settings: SamplingSettings):
         self.pool, self.chunks, self.settings = pool, chunks, settings
         self.queue = list(range(len(chunks)))
-        self.idle = list(range(len(pool.actors)))
-        self.parked: list[int] = []
+        # An actor that restarted since it last got weights waits for them (``_wake``) before any work.
+        self.parked: list[int] = sorted(pool.stale)
+        self.idle = [i for i in range(len(pool.actors)) if i not in pool.stale]
         self.running: dict = {}  # ObjectRef -> (chunk, actor)
         self.attempts = [0] * len(chunks)
         self.results: dict[int, list[Rollout]] = {}
@@ -242,11 +247,20 @@ class _Schedule:
             self.pool.retries += 1
             if self.attempts[chunk] > self.pool.resources.max_restarts:
                 raise PoolError(f"chunk {chunk} failed {self.attempts[chunk]} times; last error: {e}") from e
-            self.queue.insert(0, chunk)
-            self.parked.append(actor)
+            self._park(chunk, actor)
+            return
+        if self.pool.policy_version > 0 and any(r.policy_version == 0 for r in rollouts):
+            # It restarted with its initial weights between two calls (no failure seen): sample again.
+            self.attempts[chunk] += 1
+            self._park(chunk, actor)
             return
         self.results.setdefault(chunk, rollouts)  # first result wins: never twice
         self.idle.append(actor)
+
+    def _park(self, chunk: int, actor: int) -> None:
+        self.queue.insert(0, chunk)
+        self.parked.append(actor)
+        self.pool.stale.add(actor)
 
     def _unpark(self) -> None:
         for actor in list(self.parked):
@@ -259,4 +273,5 @@ class _Schedule:
                 continue
             if back:
                 self.parked.remove(actor)
+                self.pool.stale.discard(actor)
                 self.idle.append(actor)

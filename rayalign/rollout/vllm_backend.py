@@ -26,7 +26,7 @@ import torch
 
 from rayalign.models import resolve_model
 from rayalign.rollout.engine import EngineConfig, Sampled
-from rayalign.rollout.weight_sync import Bucket, GroupAddress, join_group, receive
+from rayalign.rollout.weight_sync import Bucket, GroupAddress, LoraSync, join_group, load_base_weights, received
 from rayalign.types import SamplingSettings
 
 EXTENSION = "rayalign.rollout.vllm_backend.WeightSyncExtension"
@@ -125,9 +125,10 @@ class VLLMBackend:
         """Each engine worker joins the weight-sync group as rank ``rank_offset`` + its own rank."""
         self.llm.collective_rpc("rayalign_join_group", args=(address, rank_offset))
 
-    def receive_weights(self, buckets: Sequence[Bucket]) -> None:
-        """Receive one broadcast of ``buckets`` from the learner's rank 0 and load it."""
-        self.llm.collective_rpc("rayalign_receive", args=(tuple(buckets),))
+    def receive_weights(self, buckets: Sequence[Bucket], lora: LoraSync | None = None) -> None:
+        """Receive one broadcast of ``buckets`` from the learner's rank 0 and load it (``lora``:
+        adapters, merged into the engine's base weights first)."""
+        self.llm.collective_rpc("rayalign_receive", args=(tuple(buckets), lora))
         self.llm.reset_prefix_cache()
 
 
@@ -172,8 +173,14 @@ class WeightSyncExtension:
         self._rayalign_group = join_group(address, rank_offset + get_world_group().rank)
         self._rayalign_device = self.device if address.backend == "nccl" else torch.device("cpu")
 
-    def rayalign_receive(self, buckets) -> None:
-        weights = receive(self._rayalign_group, buckets, self._rayalign_device)
+    def _rayalign_base(self) -> dict:
+        """The engine's starting weights, HF-named (read once): what LoRA adapters merge into."""
+        if getattr(self, "_rayalign_base_weights", None) is None:
+            self._rayalign_base_weights = load_base_weights(self.vllm_config.model_config.model)
+        return self._rayalign_base_weights
+
+    def rayalign_receive(self, buckets, lora=None) -> None:
+        weights = received(self._rayalign_group, buckets, self._rayalign_device, lora, self._rayalign_base)
         try:
             self.reload_weights(weights_iterator=weights, is_checkpoint_format=True)
         finally:

@@ -24,6 +24,7 @@ import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -125,6 +126,81 @@ def layout(state: Mapping[str, torch.Tensor]) -> list[tuple[str, str, tuple[int,
 
 def total_bytes(buckets: Sequence[Bucket]) -> int:
     return sum(b.nbytes for b in buckets)
+
+
+# ------------------------------------------------------------ LoRA: adapters only
+
+
+@dataclass(frozen=True)
+class LoraSync:
+    """The broadcast carries only LoRA adapters (peft names); each engine merges them into
+    its base weights, W = W0 + scale * B @ A, and loads the merged layers."""
+
+    scale: float
+    """lora_alpha / rank."""
+
+
+LORA_PREFIX = "base_model.model."
+
+
+def lora_module(name: str) -> tuple[str, str]:
+    """(HF module name, A or B) of a peft adapter tensor.
+
+    >>> lora_module("base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight")
+    ('model.layers.0.self_attn.q_proj', 'A')
+    """
+    stem, sep, rest = name.removeprefix(LORA_PREFIX).partition(".lora_")
+    if not sep or rest[:1] not in ("A", "B"):
+        raise ValueError(f"not a LoRA adapter tensor: {name}")
+    return stem, rest[:1]
+
+
+def merge_lora(
+    adapters: Iterator[tuple[str, torch.Tensor]], base: Mapping[str, torch.Tensor], scale: float
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """Merged ``<module>.weight`` for each module once both its A (r, in) and B (out, r) arrived:
+    ``base[<module>.weight] + scale * B @ A`` (the base itself is left as it is)."""
+    pending: dict[str, dict[str, torch.Tensor]] = {}
+    for name, tensor in adapters:
+        module, kind = lora_module(name)
+        parts = pending.setdefault(module, {})
+        parts[kind] = tensor
+        if len(parts) == 2:
+            del pending[module]
+            weight = base[f"{module}.weight"]
+            delta = (parts["B"].to(torch.float32) @ parts["A"].to(torch.float32)) * scale
+            yield f"{module}.weight", (weight.to(torch.float32) + delta).to(weight.dtype)
+    if pending:
+        raise ValueError(f"LoRA adapters without their pair: {sorted(pending)[:3]}")
+
+
+def load_base_weights(model_dir: str | Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a Hugging Face model directory's safetensors files, on CPU."""
+    from safetensors.torch import load_file
+
+    files = sorted(Path(model_dir).glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no *.safetensors in {model_dir}: LoRA sync merges into the base weights read there")
+    return {name: t for f in files for name, t in load_file(f).items()}
+
+
+def received(
+    group, buckets: Sequence[Bucket], device, lora: LoraSync | None, base
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """What an engine loads from one broadcast: the tensors as sent, or, for adapters, the merged
+    layers (``base()`` gives the base weights, read once by the caller)."""
+    weights = receive(group, buckets, device)
+    if lora is None:
+        return weights
+    return _closing(merge_lora(weights, base(), lora.scale), weights)
+
+
+def _closing(outer: Iterator, inner) -> Iterator:
+    """``outer``, closing ``inner`` (the receive) however ``outer`` ends."""
+    try:
+        yield from outer
+    finally:
+        inner.close()
 
 
 # ------------------------------------------------------------ the group

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from rayalign.errors import RayalignError
 from rayalign.models import chat_prompt, load_tokenizer
 from rayalign.rollout.engine import EngineConfig, build_backend, prompt_seed
-from rayalign.rollout.weight_sync import Bucket, GroupAddress
+from rayalign.rollout.weight_sync import Bucket, GroupAddress, LoraSync
 from rayalign.types import Prompt, Rollout, SamplingSettings
 
 
@@ -89,8 +89,8 @@ class RolloutWorker:
     def join_weight_group(self, address: GroupAddress, rank_offset: int) -> None:
         self.backend.join_weight_group(address, rank_offset)
 
-    def receive_weights(self, buckets: Sequence[Bucket], version: int) -> int:
-        """Take one bucketed broadcast of new weights; tag later rollouts with ``version``."""
-        self.backend.receive_weights(buckets)
+    def receive_weights(self, buckets: Sequence[Bucket], version: int, lora: LoraSync | None = None) -> int:
+        """Take one bucketed broadcast of new weights (or LoRA adapters); tag later rollouts with ``version``."""
+        self.backend.receive_weights(buckets, lora)
         self.policy_version = version
         return version

@@ -31,7 +31,7 @@ import ray
 import torch
 
 from rayalign.learners import build_learner, global_sum
-from rayalign.models import load_tokenizer
+from rayalign.models import load_tokenizer, with_lora
 from rayalign.sft.data import (
     IGNORE_INDEX,
     Batch,
@@ -160,12 +160,7 @@ def build_model(job: SFTJob):
     model = AutoModelForCausalLM.from_pretrained(job.model_path, dtype=torch.float32)
     model.config.use_cache = False
     s = job.cfg.sft
-    if s.lora_rank > 0:
-        from peft import LoraConfig, get_peft_model
-
-        lora = LoraConfig(r=s.lora_rank, lora_alpha=s.lora_alpha, target_modules="all-linear", task_type="CAUSAL_LM")
-        model = get_peft_model(model, lora)
-    return model
+    return with_lora(model, s.lora_rank, s.lora_alpha) if s.lora_rank > 0 else model
 
 
 def context_scale(model) -> float:

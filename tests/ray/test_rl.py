@@ -130,3 +130,17 @@ def test_resume_continues_at_the_step_and_data_position(rl_run, format_tuned_mod
     assert all(x["rl/staleness"] == 0 for x in lines[:12])
     assert all(x["timing/reference"] > 0 and x["rl/kl"] > 0 for x in lines[-2:])
     assert all("timing/reference" not in x for x in lines[:12])
+
+
+def test_lora_rl_trains_adapters_and_syncs_only_them(ray_cluster, format_tuned_model, tmp_path):
+    prompts = write_prompts(tmp_path / "prompts.jsonl")
+    cfg = rl_config(tmp_path, prompts, format_tuned_model, "--rl.steps=2", "--rl.lora_rank=4", "--rl.lora_alpha=8")
+    result = run_rl(cfg, tmp_path / "rl", resume=False, log=lambda *_: None)
+    assert result.steps == 2
+    lines = step_lines(tmp_path)
+    full_bytes = sum(f.stat().st_size for f in (result.model_dir).glob("*.safetensors"))
+    # Step 1 starts with B = 0: the policy equals its adapters-off reference, so KL is 0.
+    assert lines[0]["rl/kl"] == pytest.approx(0.0, abs=1e-7)
+    assert all(0 < x["rl/sync_bytes"] < full_bytes / 20 for x in lines)
+    assert all(abs(x["rl/ratio_mean"] - 1.0) < 1e-3 for x in lines)  # samplers hold the merged policy
+    assert (result.model_dir / "config.json").exists() and not list(result.model_dir.glob("adapter_*"))

@@ -9,10 +9,11 @@ import pytest
 import ray
 import torch
 
-from rayalign.models import load_model
+from rayalign.learners import module_layout
+from rayalign.models import load_model, with_lora
 from rayalign.rollout.engine import EngineConfig
 from rayalign.rollout.pool import PoolResources, RolloutPool, WeightSource
-from rayalign.rollout.weight_sync import layout, plan_buckets, total_bytes
+from rayalign.rollout.weight_sync import LoraSync, layout, plan_buckets, total_bytes
 from rayalign.types import Message, Prompt, SamplingSettings
 
 ENGINE = EngineConfig(model="builtin:tiny", backend="vllm", dtype="float32", max_model_len=512)
@@ -153,6 +154,47 @@ def test_collective_sync_switches_samplers_and_a_restarted_one_rejoins(pool):
     pool.broadcast_weights(_source(other), version=13)
     ray.kill(pool.actors[1], no_restart=False)
     again = pool.generate(prompts, greedy, chunk_size=1)
-    assert {i.policy_version for i in pool.wait_ready()} == {13}
     assert all(r.policy_version == 13 for r in again)
     assert [r.token_ids for r in again] == [r.token_ids for r in after]
+    # Back from its restart, it gets the weights before its next work, whichever call that is.
+    _until_restarted(pool.actors[1])
+    assert [r.policy_version for r in pool.generate(_prompts(8), greedy, chunk_size=1)] == [13] * 8
+    assert {i.policy_version for i in pool.wait_ready()} == {13} and not pool.stale
+
+
+def _until_restarted(actor, timeout_s: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            ray.get(actor.info.remote(), timeout=5)
+            return
+        except (ray.exceptions.ActorUnavailableError, ray.exceptions.GetTimeoutError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+
+
+def test_lora_sync_sends_only_adapters_and_samplers_match_the_merged_model(pool):
+    original, tokenizer = load_model("builtin:tiny", dtype="float32")
+    pool.broadcast_weights(_source(original), version=20)  # every tensor back to the starting weights
+    full_bytes = sum(t.nbytes for t in original.state_dict().values())
+    policy = with_lora(original, 4, 8.0)
+    torch.manual_seed(99)
+    with torch.no_grad():  # B starts at zero: give both adapters weight, as training would
+        for name, p in policy.named_parameters():
+            if "lora_" in name:
+                p.normal_(0.0, 0.3)
+    state = policy.state_dict()
+    buckets = plan_buckets(module_layout(policy, trainable_only=True), 16 << 10)
+    assert all(".lora_" in s.name for b in buckets for s in b.slots)
+    source = WeightSource(buckets, lambda names: _named(state, names), "gloo", "cpu", True, LoraSync(8.0 / 4))
+    sent = pool.broadcast_weights(source, version=21)
+    print(f"LoRA sync: {sent} bytes of adapters vs {full_bytes} bytes of weights")
+    assert sent == total_bytes(buckets) < full_bytes / 20
+
+    merged = policy.merge_and_unload()
+    greedy = SamplingSettings(n=1, temperature=0.0, max_new_tokens=12, seed=0)
+    after = pool.generate(_prompts(4), greedy)
+    assert all(r.policy_version == 21 for r in after)
+    for r in after:
+        assert list(r.token_ids) == _greedy(merged, tokenizer, r.prompt_token_ids, len(r.token_ids))

@@ -14,6 +14,8 @@ from rayalign.rollout.weight_sync import (
     create_store,
     join_group,
     layout,
+    lora_module,
+    merge_lora,
     plan_buckets,
     receive,
     send,
@@ -152,3 +154,21 @@ def test_bucketed_sync_keeps_the_receivers_extra_memory_near_two_buckets(monkeyp
     # The bucket arriving and the one whose last tensor the loader still holds, plus a few MiB.
     assert peaks[8] < 2 * 8 + 8 and peaks[32] < 2 * 32 + 8
     assert peaks[256] > state_mib  # one bucket holding everything: the whole state again
+
+
+def test_merge_lora_by_hand():
+    # W0 (2x3), A (r=1 x 3), B (2 x 1), scale 2: W = W0 + 2 * B @ A.
+    base = {"model.l.q_proj.weight": torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])}
+    a = torch.tensor([[1.0, 2.0, 3.0]])
+    b = torch.tensor([[1.0], [-1.0]])
+    adapters = [
+        ("base_model.model.model.l.q_proj.lora_A.default.weight", a),
+        ("base_model.model.model.l.q_proj.lora_B.default.weight", b),
+    ]
+    merged = dict(merge_lora(iter(adapters), base, scale=2.0))
+    assert merged["model.l.q_proj.weight"].tolist() == [[3.0, 4.0, 6.0], [-2.0, -3.0, -6.0]]
+    assert base["model.l.q_proj.weight"].tolist() == [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]  # the base stays
+    with pytest.raises(ValueError, match="without their pair"):
+        list(merge_lora(iter(adapters[:1]), base, scale=2.0))
+    with pytest.raises(ValueError, match="not a LoRA adapter"):
+        lora_module("model.l.q_proj.weight")
