@@ -96,6 +96,12 @@ class GenerateConfig:
     """Where a refuse-labelled prompt's answer comes from: the generator, or the refusal the spec's style rules
     prescribe (the refusal section of specs/templates/steer.md; provenance spec:refusal) for generators that
     cannot write one. Needs close_reasoning."""
+    safe_completions: Literal["model", "spec"] = "model"
+    """Where a safe-complete-labelled prompt's answer comes from: the generator, or the safe completion the
+    spec's safe-completion style rules prescribe for its category (the safe_completion section of
+    specs/templates/steer.md: care, general safe steps, a pointer to help; provenance spec:safe_completion).
+    Measured on SmolLM2-135M: trained on its own answers, 1 of 10 held-out safe completions was not a bare
+    refusal, and its continuations of a written opening are incoherent (README Results). Needs close_reasoning."""
     trim_cut_answers: bool = False
     """An answer cut by rollout.max_new_tokens after a closed reasoning is ended at its last complete sentence or
     paragraph and judged, instead of dropped as malformed (truncated). For generators that ramble past any length

@@ -60,11 +60,14 @@ def check_starts_with_spec(text: str, file: str, error: type[LocatedError], why:
         raise error(f"must start with $spec, so that {why} share a prompt prefix", file=file, line=1)
 
 
-def split_sections(text: str, file: str, parts: Sequence[str], error: type[LocatedError]) -> dict[str, tuple[int, str]]:
+def split_sections(
+    text: str, file: str, parts: Sequence[str], error: type[LocatedError], optional: Sequence[str] = ()
+) -> dict[str, tuple[int, str]]:
     """Split a template into its parts: name -> (first line number, raw body).
 
     ``parts[0]`` names the text before the first section line; every other
-    name in ``parts`` must appear exactly once as a section.
+    name in ``parts`` must appear exactly once as a section, and each name in
+    ``optional`` at most once (absent ones are absent from the result).
 
     >>> split_sections("a\\n<!-- section: x -->\\nb", "f", ("main", "x"), LocatedError)
     {'main': (1, 'a'), 'x': (3, 'b')}
@@ -77,8 +80,8 @@ def split_sections(text: str, file: str, parts: Sequence[str], error: type[Locat
             found[current][1].append(line)
             continue
         current = match.group(1)
-        if current not in parts[1:]:
-            known = ", ".join(parts[1:])
+        if current not in (*parts[1:], *optional):
+            known = ", ".join((*parts[1:], *optional))
             raise error(f"unknown section {current!r}; known: {known}", file=file, line=number)
         if current in found:
             raise error(f"section {current!r} appears twice", file=file, line=number)

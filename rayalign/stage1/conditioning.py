@@ -10,8 +10,8 @@ removed, as the paper does.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from itertools import takewhile
 from pathlib import Path
 from string import Template
@@ -127,7 +127,12 @@ _STEER_PLACEHOLDERS: Placeholders = {
     MAIN: (frozenset({"behavior_phrase"}), frozenset({"behavior_phrase"})),
     **{b: (_PREFIX_PLACEHOLDERS, frozenset({"think_open", "rules", "style"})) for b in BEHAVIORS},
     "refusal": (frozenset({"title", "category"}), frozenset()),
+    "safe_completion": (frozenset(), frozenset()),
 }
+SAFE_COMPLETION = "safe_completion"
+"""The optional section of steer.md with the safe completions, one ``category: text`` line each."""
+DEFAULT_CATEGORY = "*"
+"""The key of the safe completion for a category without its own line."""
 
 
 @dataclass(frozen=True)
@@ -141,6 +146,11 @@ class SteerTemplates:
     refusal: str
     """The refusals the spec's style rules prescribe (``generate.refusals: spec``), one per line."""
     hash: str
+    safe_completions: Mapping[str, str] = field(default_factory=dict)
+    """Category id (or ``*``, any other) -> the safe completion the spec's safe-completion style rules
+    prescribe (``generate.safe_completions: spec``); empty without the section."""
+    safe_completion_lines: Mapping[str, int] = field(default_factory=dict)
+    """Where each safe completion is in steer.md, for errors."""
 
     def prefix(self, behavior: Behavior) -> str:
         return {"refuse": self.refuse, "comply": self.comply, "safe_complete": self.safe_complete}[behavior]
@@ -155,17 +165,70 @@ class SteerTemplates:
         lines = [line.strip() for line in self.refusal.splitlines() if line.strip()]
         return lines[int(hashlib.sha256(prompt_id.encode()).hexdigest(), 16) % len(lines)]
 
+    def safe_completion(self, category: str) -> str:
+        """The safe completion of ``category``, or the default one; "" when there is neither."""
+        return self.safe_completions.get(category, self.safe_completions.get(DEFAULT_CATEGORY, ""))
+
+
+def _safe_completions(body: str, first_line: int, file: str) -> tuple[dict[str, str], dict[str, int]]:
+    r"""The ``category: text`` lines of the safe_completion section (blank lines skipped).
+
+    >>> _safe_completions("self_harm: You matter.\n\n*: Stay safe.", 10, "steer.md")
+    ({'self_harm': 'You matter.', '*': 'Stay safe.'}, {'self_harm': 10, '*': 12})
+    """
+    texts: dict[str, str] = {}
+    lines: dict[str, int] = {}
+    for number, line in enumerate(body.split("\n"), start=first_line):
+        if not line.strip():
+            continue
+        key, sep, text = line.partition(":")
+        key = key.strip()
+        if not sep or not text.strip() or not (key == DEFAULT_CATEGORY or key.isidentifier()):
+            raise PromptTemplateError("expected 'category: text' (or '*: text')", file=file, line=number)
+        if key in texts:
+            raise PromptTemplateError(f"a second safe completion for {key!r}", file=file, line=number)
+        texts[key], lines[key] = text.strip(), number
+    return texts, lines
+
+
+def check_safe_completions(spec: Spec, templates: SteerTemplates, spec_dir: str | Path) -> None:
+    """Every category with a safe-completion rule has a safe completion, and every line names a category."""
+    file = str(template_dir(spec_dir) / STEER_FILE)
+    for key, line in templates.safe_completion_lines.items():
+        if key != DEFAULT_CATEGORY and key not in spec.category_ids:
+            known = ", ".join(spec.category_ids)
+            raise PromptTemplateError(f"unknown category {key!r}; known: {known}", file=file, line=line)
+    needed = [c for c in spec.category_ids if any(r.behavior == "safe_complete" for r in spec.category(c).rules)]
+    missing = [c for c in needed if not templates.safe_completion(c)]
+    if missing:
+        raise PromptTemplateError(
+            f"no safe completion for {', '.join(missing)} (add a '{SAFE_COMPLETION}' section "
+            f"with a line per category, or a '{DEFAULT_CATEGORY}: ...' line)",
+            file=file,
+        )
+
 
 def load_steer_templates(spec_dir: str | Path) -> SteerTemplates:
     """Read and check ``<spec_dir>/templates/steer.md`` (errors name the file and line)."""
     path = template_dir(spec_dir) / STEER_FILE
     raw, text = read_template(path, PromptTemplateError, "steering")
-    parts = split_sections(text, str(path), (MAIN, *BEHAVIORS, "refusal"), PromptTemplateError)
+    parts = split_sections(
+        text, str(path), (MAIN, *BEHAVIORS, "refusal"), PromptTemplateError, optional=(SAFE_COMPLETION,)
+    )
     for part, (first_line, body) in parts.items():
         check_placeholders(body, first_line, str(path), part, _STEER_PLACEHOLDERS, PromptTemplateError)
     bodies = {name: body.strip() for name, (_, body) in parts.items()}
+    first_line, body = parts.get(SAFE_COMPLETION, (1, ""))
+    texts, lines = _safe_completions(body, first_line, str(path))
     return SteerTemplates(
-        bodies[MAIN], bodies["refuse"], bodies["comply"], bodies["safe_complete"], bodies["refusal"], content_hash(raw)
+        bodies[MAIN],
+        bodies["refuse"],
+        bodies["comply"],
+        bodies["safe_complete"],
+        bodies["refusal"],
+        content_hash(raw),
+        texts,
+        lines,
     )
 
 
@@ -254,7 +317,8 @@ class Conditioned:
     head: str
     """Completion text before the generator's output: its prefill, or a reasoning it never saw (plain)."""
     rendered: str = ""
-    """A whole completion rendered from the spec (``generate.refusals: spec``), when ``sampled`` is None."""
+    """A whole completion rendered from the spec (``generate.refusals`` or ``safe_completions: spec``), when
+    ``sampled`` is None."""
 
 
 def condition(
@@ -267,7 +331,9 @@ def condition(
     ``g.close_reasoning`` a labelled prompt's reasoning is the spec-rendered
     opening; ``answer_context: plain`` samples the bare conversation and puts
     that reasoning in front of the answer; ``refusals: spec`` renders a
-    refuse-labelled prompt's whole completion (reasoning + the spec's refusal).
+    refuse-labelled prompt's whole completion (reasoning + the spec's refusal);
+    ``safe_completions: spec`` renders a safe-complete-labelled one's (reasoning
+    + its category's safe completion from steer.md).
     """
     labelled = steer is not None and prompt.expected is not None and prompt.category is not None
     if not (labelled and g.close_reasoning):
@@ -279,6 +345,8 @@ def condition(
             title=spec.category(prompt.category).title, category=prompt.category
         )
         return Conditioned(None, "", reasoning + refusal.strip())
+    if g.safe_completions == "spec" and prompt.expected == "safe_complete":
+        return Conditioned(None, "", reasoning + steer.safe_completion(prompt.category))
     if g.answer_context == "plain":
         return Conditioned(prompt, reasoning)
     sampled = conditioned_prompt(spec, templates, steer, g.steer, prompt, close_reasoning=True)

@@ -60,11 +60,13 @@ from rayalign.stage1.conditioning import (
     Conditioned,
     GenerationTemplates,
     SteerTemplates,
+    check_safe_completions,
     condition,
     load_generation_templates,
     load_steer_templates,
 )
 from rayalign.stage1.prompts import training_prompts
+from rayalign.templates import content_hash
 from rayalign.types import (
     Completion,
     JudgeRequest,
@@ -80,6 +82,8 @@ from rayalign.types import (
 
 RENDERED = "spec"
 """Backend name of a completion rendered from the spec instead of sampled (``generate.refusals: spec``)."""
+RENDERED_BY = {"refuse": "spec:refusal", "safe_complete": "spec:safe_completion"}
+"""The provenance ``model`` of a rendered completion, by the prompt's expected behaviour."""
 
 
 @dataclass(frozen=True)
@@ -137,12 +141,19 @@ def run_generate(cfg, *, full: bool = False, log=print) -> GenerateResult:
         raise ConfigError(
             "needs generate.steer prefix or both (the opening it closes)", field="generate.close_reasoning"
         )
+    if cfg.generate.safe_completions == "spec" and not cfg.generate.close_reasoning:
+        raise ConfigError(
+            "needs generate.close_reasoning true (the rendered answer follows a rendered reasoning)",
+            field="generate.safe_completions",
+        )
     spec = load_spec(cfg.spec.path)
     layout = RunLayout.of(cfg)
     train, held, prompt_summary = training_prompts(cfg, spec)
     write_records(layout.prompts_eval, held)
     log(f"[generate] prompts: {prompt_summary}; training on {len(train)}")
     conditioning = _conditioning(cfg)
+    if cfg.generate.safe_completions == "spec":
+        check_safe_completions(spec, conditioning.steer, cfg.spec.path)
     with contextlib.ExitStack() as stack:
         client = None
         if needs_categories(cfg, train):
@@ -178,7 +189,10 @@ def _conditioning(cfg) -> _Conditioning:
     templates = load_generation_templates(cfg.spec.path)
     steer = load_steer_templates(cfg.spec.path) if cfg.generate.steer != "none" else None
     hashes = (templates.hash, steer.hash) if steer else (templates.hash,)
-    return _Conditioning(templates, steer, "+".join(hashes))
+    # How the templates are used is part of what wrote a sample: a changed mode regenerates it.
+    g = cfg.generate
+    modes = (g.steer, g.close_reasoning, g.answer_context, g.refusals, g.safe_completions, g.trim_cut_answers)
+    return _Conditioning(templates, steer, "+".join((*hashes, content_hash(repr(modes).encode()))))
 
 
 def _earlier_decisions(layout: RunLayout) -> tuple[dict[str, tuple[sample_filter.Decision, str]], dict[int, list[str]]]:
@@ -384,7 +398,7 @@ def _provenance(settings: _FilterSettings, prompt: Prompt, candidates) -> sample
     return dataclasses.replace(
         settings.provenance,
         spec_category_hash=settings.category_hashes.get(prompt.category, ""),
-        **({"model": "spec:refusal"} if rendered else {}),
+        **({"model": RENDERED_BY.get(prompt.expected, "spec")} if rendered else {}),
     )
 
 

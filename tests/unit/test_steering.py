@@ -180,3 +180,61 @@ def test_spec_refusals_vary_across_prompts_and_are_all_refusals(spec, templates)
     }
     assert len(answers) >= 4
     assert all(detect_behavior(a) == "refuse" for a in answers)
+
+
+def test_a_spec_safe_completion_is_rendered_for_every_category_and_reads_as_one(spec, templates):
+    from rayalign.eval.refusal import detect_behavior
+    from rayalign.stage1.conditioning import check_safe_completions, condition
+
+    gen, steer = templates
+    check_safe_completions(spec, steer, "specs")
+    g = _g(close_reasoning=True, answer_context="plain", refusals="spec", safe_completions="spec")
+    for category in spec.category_ids:
+        c = condition(spec, gen, steer, g, _prompt(category, "safe_complete"))
+        assert c.sampled is None  # nothing sampled: the spec writes it
+        full = split_completion(c.rendered)
+        assert full.malformed is None and full.answer == steer.safe_completion(category)
+        assert f"{category}.S" in full.reasoning and set(RULE_ID.findall(full.reasoning)) <= spec.rule_ids()
+        assert detect_behavior(full.answer) == "safe_complete", category  # care and a pointer to help
+    # other behaviours, and the default mode, are unchanged
+    assert condition(spec, gen, steer, g, _prompt(expected="comply")).sampled is not None
+    plain = _g(close_reasoning=True, answer_context="plain")
+    assert condition(spec, gen, steer, plain, _prompt(expected="safe_complete")).sampled is not None
+
+
+def _steer_file(repo, tmp_path, edit):
+    shutil.copytree(repo / "specs", tmp_path / "specs")
+    path = tmp_path / "specs" / "templates" / "steer.md"
+    path.write_text(edit(path.read_text()))
+    return tmp_path / "specs"
+
+
+def test_a_malformed_safe_completion_line_names_the_file_and_line(repo, tmp_path):
+    specs = _steer_file(repo, tmp_path, lambda t: t.replace("self_harm: Thank you", "self_harm Thank you"))
+    with pytest.raises(PromptTemplateError, match=r"steer\.md:\d+: expected 'category: text'"):
+        load_steer_templates(specs)
+
+
+def test_a_safe_completion_for_an_unknown_category_or_a_missing_one_is_refused(repo, tmp_path, spec):
+    from rayalign.stage1.conditioning import check_safe_completions
+
+    specs = _steer_file(repo, tmp_path, lambda t: t.replace("self_harm: Thank you", "self_harms: Thank you"))
+    with pytest.raises(PromptTemplateError, match=r"steer\.md:\d+: unknown category 'self_harms'"):
+        check_safe_completions(spec, load_steer_templates(specs), specs)
+    without = _steer_file(repo, tmp_path / "b", lambda t: t[: t.index("<!-- section: safe_completion -->")])
+    steer = load_steer_templates(without)  # optional until safe_completions: spec uses it
+    assert steer.safe_completions == {}
+    with pytest.raises(PromptTemplateError, match="no safe completion for violent_wrongdoing"):
+        check_safe_completions(spec, steer, without)
+
+
+def test_safe_completions_from_the_spec_need_a_closed_reasoning(tmp_path):
+    from rayalign.config import load_config
+    from rayalign.errors import ConfigError
+    from rayalign.stage1.generate import run_generate
+
+    cfg = load_config(
+        None, [f"--tracking.run_dir={tmp_path}", "--generate.steer=both", "--generate.safe_completions=spec"]
+    )
+    with pytest.raises(ConfigError, match="generate.safe_completions"):
+        run_generate(cfg)
