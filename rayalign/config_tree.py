@@ -339,6 +339,11 @@ class RLConfig:
     """Weight of the k3 KL penalty to the reference model."""
     clip_eps: float = bounded(0.2, gt=0.0, le=1.0)
     """PPO ratio clip range."""
+    old_logprobs: Literal["auto", "sampler", "learner"] = "auto"
+    """The old log-probs of the PPO ratio: the sampler's (corrects for a sampler a version behind under
+    rl.overlap), or the learner's own before the step's update (no extra forward: the first epoch's
+    forward gives them). auto = learner under rl.enforce_format, whose grammar mask vLLM applies before
+    it computes log-probs (rl/sampler_ratio_mean shows the gap), else sampler."""
     epochs_per_step: int = bounded(1, ge=1)
     """Optimizer steps over each step's rollouts (PPO epochs; >1 makes the ratio and clip matter)."""
     micro_batch_size: int = bounded(4, ge=1)

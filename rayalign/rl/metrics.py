@@ -38,6 +38,8 @@ class LearnStats:
     tokens: int
     sync_bytes: int = 0
     """Bytes of weights rank 0 sent to the samplers after the step."""
+    sampler_ratio_mean: float = 1.0
+    """Mean of p_learner / p_sampler per token: 1 when the sampler reports the policy's own log-probs."""
 
 
 def step_metrics(
@@ -66,6 +68,7 @@ def step_metrics(
         "rl/kl": stats.kl,
         "rl/clip_fraction": stats.clip_fraction,
         "rl/ratio_mean": stats.ratio_mean,
+        "rl/sampler_ratio_mean": stats.sampler_ratio_mean,
         "rl/entropy": stats.entropy,
         "rl/grad_norm": stats.grad_norm,
         "rl/sync_bytes": stats.sync_bytes,
