@@ -17,8 +17,13 @@ and what TRL's SFTTrainer trains on), and with logits only where a label is
 scored (``logits_to_keep``: the language-model head and the cross-entropy
 skip prompt tokens). The first step is a warm-up and not counted.
 
+Then what data parallelism adds per optimizer step on this machine: the
+gradient all-reduce of ``--workers`` processes x 1 thread over gloo (what
+DDP does, in its default 25 MB buckets, and as one flat buffer), on a
+buffer the size of the model's fp32 gradients, against the measured step.
+
     python benchmarks/sft_profile.py [--model builtin:smollm2-135m-instruct] [--threads 2]
-        [--steps 4] [--batch 4] [--max-seq-len 256] [--examples 64]
+        [--steps 4] [--batch 4] [--max-seq-len 256] [--examples 64] [--workers 2]
 """
 
 from __future__ import annotations
@@ -130,6 +135,50 @@ def profile(kind: str, keep: bool, batches, args) -> dict:
     return {"phases": means, "step_s": seconds / len(per_step), "tokens_per_s": tokens / seconds}
 
 
+def _allreduce_worker(rank: int, world: int, numel: int, bucket_mib: float, reps: int, port: int, out: str) -> None:
+    """One gloo rank: all-reduce a ``numel`` fp32 buffer in buckets, ``reps`` times after a warm-up."""
+    import torch
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    flat = torch.ones(numel, dtype=torch.float32)
+    step = max(1, int(bucket_mib * 2**20) // 4) if bucket_mib > 0 else numel
+    buckets = flat.split(step)
+    for b in buckets:  # warm-up: connections and buffers
+        dist.all_reduce(b)
+    dist.barrier()
+    tick = time.perf_counter()
+    for _ in range(reps):
+        for b in buckets:
+            dist.all_reduce(b)
+    seconds = (time.perf_counter() - tick) / reps
+    if rank == 0:
+        Path(out).write_text(str(seconds))
+    dist.destroy_process_group()
+
+
+def allreduce_seconds(numel: int, workers: int, bucket_mib: float, reps: int = 3, port: int = 29541) -> float:
+    """Seconds per all-reduce of ``numel`` fp32 values over ``workers`` fresh processes x 1 thread."""
+    import tempfile
+
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = str(Path(tmp) / "seconds")
+        mp.spawn(_allreduce_worker, args=(workers, numel, bucket_mib, reps, port, out), nprocs=workers)
+        return float(Path(out).read_text())
+
+
+def allreduce_rows(numel: int, workers: int, step_s: float) -> list[list]:
+    rows = []
+    for i, (label, mib) in enumerate((("DDP's 25 MB buckets", 25.0), ("one flat buffer", 0.0))):
+        seconds = allreduce_seconds(numel, workers, mib, port=29541 + i)
+        gb = numel * 4 / 1e9
+        rows.append([f"{workers} processes x 1 thread, {label}", f"{gb:.2f}", seconds, gb / seconds, seconds / step_s])
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="builtin:smollm2-135m-instruct")
@@ -138,6 +187,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=4, help="rows per optimizer step")
     p.add_argument("--max-seq-len", type=int, default=256)
     p.add_argument("--examples", type=int, default=64)
+    p.add_argument("--workers", type=int, default=2, help="data-parallel processes for the all-reduce (0: skip)")
     args = p.parse_args()
 
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
@@ -169,8 +219,28 @@ def main() -> None:
         f"{args.max_seq_len} tokens, fp32, 1 process x {torch.get_num_threads()} threads (read back), CPU; seconds"
     )
     print(table(["learner", *PHASES, "step s", "tok/s", "vs torch, all logits"], rows))
-    print(f"\nmachine: {os.cpu_count()} CPUs; python {sys.version.split()[0]}")
     dist.destroy_process_group()
+    if args.workers > 1:
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        from rayalign.models import resolve_model
+
+        with torch.device("meta"):
+            numel = AutoModelForCausalLM.from_config(
+                AutoConfig.from_pretrained(resolve_model(args.model))
+            ).num_parameters()
+        step_s = results[("torch", True)]["step_s"]
+        print(
+            f"\nGradient all-reduce per optimizer step ({numel / 1e6:.0f}M fp32 gradients, gloo), against the "
+            f"torch step above ({step_s:.2f} s, logits scored only, {torch.get_num_threads()} threads)"
+        )
+        print(
+            table(
+                ["all-reduce", "GB", "seconds", "GB/s", "share of the step"],
+                allreduce_rows(numel, args.workers, step_s),
+            )
+        )
+    print(f"\nmachine: {os.cpu_count()} CPUs; python {sys.version.split()[0]}")
 
 
 if __name__ == "__main__":

@@ -92,6 +92,7 @@ class RolloutPool:
         self._weights_ref = None
         self._source: WeightSource | None = None
         self._group = None
+        self._store = None  # the group's rendezvous (TCPStore), kept as long as the group
         self._generation = 0
         self.retries = 0
         """Chunks sent again after an actor died (for logs and tests)."""
