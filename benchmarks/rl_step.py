@@ -31,6 +31,14 @@ at least 2):
 
 Every rayalign row reports its sync seconds and bytes per step.
 
+With ``--lora-rank R`` both sides train LoRA adapters of rank R on every
+linear layer but the head (peft, alpha 16), the reference being the model
+with its adapters off, and the rows are TRL at 1 and C threads against
+rayalign's LoRA layouts (1 + 1 threads with and without overlap, C + C):
+LoRA is compared only with LoRA. rayalign then syncs only the adapters
+(merged on the sampler); its reference is never an actor of its own, and
+the object store does not carry adapter syncs.
+
 Equal-cores rule: a row's "cores" is the most cores its processes keep busy
 at once (sampler + learners + judge, the judge's ~0 included); no row
 exceeds C. The "vs best TRL" ratio divides by the TRL row with the most
@@ -43,7 +51,7 @@ row whose read-back differs from its claim fails the run. The sampler's
 threads are not read back.
 
     python benchmarks/rl_step.py [--model builtin:smollm2-135m-instruct] [--steps 5]
-        [--prompts-per-step 2] [--group 4] [--max-new-tokens 64] [--cores 2]
+        [--prompts-per-step 2] [--group 4] [--max-new-tokens 64] [--cores 2] [--lora-rank 0]
 """
 
 from __future__ import annotations
@@ -60,6 +68,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import plural, run_on_threads, summary_threads, table  # noqa: E402
+
+LORA_ALPHA = 16.0
+"""LoRA alpha on both sides (``--lora-rank``)."""
 
 PHASES = ("generate", "reward", "advantage", "reference", "wait_rollouts", "learn", "sync")
 
@@ -108,17 +119,29 @@ class Row:
         ]
 
 
-def matrix(cores: int) -> list[Row]:
+def matrix(cores: int, lora: bool = False) -> list[Row]:
     """The rows on ``cores`` cores: TRL at 1 and ``cores`` threads; rayalign at 1 thread
     (overlap off and on), at ``cores`` threads (collective and object-store sync), and with
-    ``cores`` learners.
+    ``cores`` learners. ``lora``: TRL's two rows and rayalign's 1-thread and ``cores``-thread
+    layouts, collective sync and the reference on the learner (adapters off).
 
     >>> [(r.side, r.threads, r.learners, r.overlap, r.sync[0], r.reference[0], r.cores)
     ...  for r in matrix(2)]  # doctest: +NORMALIZE_WHITESPACE
     [('trl', 1, 1, False, 'c', 'l', 1), ('trl', 2, 1, False, 'c', 'l', 2), ('rayalign', 1, 1, False, 'c', 'l', 1),
      ('rayalign', 1, 1, True, 'c', 'l', 2), ('rayalign', 1, 1, True, 'c', 'e', 2), ('rayalign', 2, 1, False, 'c', 'l', 2),
      ('rayalign', 2, 1, False, 'o', 'l', 2), ('rayalign', 1, 2, False, 'c', 'l', 2)]
+    >>> [(r.side, r.threads, r.overlap, r.cores) for r in matrix(2, lora=True)]  # doctest: +NORMALIZE_WHITESPACE
+    [('trl', 1, False, 1), ('trl', 2, False, 2), ('rayalign', 1, False, 1), ('rayalign', 1, True, 2),
+     ('rayalign', 2, False, 2)]
     """
+    if lora:
+        return [
+            Row("trl", 1),
+            Row("trl", cores),
+            Row("rayalign", 1),
+            Row("rayalign", 1, overlap=True),
+            Row("rayalign", cores),
+        ]
     return [
         Row("trl", 1),
         Row("trl", cores),
@@ -164,6 +187,8 @@ def _overrides(args, tmp: Path) -> list[str]:
         f"--rl.reference.placement={args.reference}",
         f"--rl.reference.cpus_per_worker={args.cores / 8}",
         f"--rl.learner.strategy={args.strategy}",
+        f"--rl.lora_rank={args.lora_rank}",
+        f"--rl.lora_alpha={LORA_ALPHA}",
         "--rl.learner.zero_stage=2",
         f"--tracking.run_dir={tmp}",
         "--tracking.wandb_mode=disabled",
@@ -273,6 +298,7 @@ def child_trl(args) -> dict:
             train_dataset=Dataset.from_list(rows),
             processing_class=load_tokenizer(args.model),
             callbacks=[Timer()],
+            peft_config=_trl_lora(args.lora_rank),
         )
         trainer.train()
     return {
@@ -282,6 +308,15 @@ def child_trl(args) -> dict:
         "phases": {},
         "wall_s": time.perf_counter() - began,
     }
+
+
+def _trl_lora(rank: int):
+    """TRL's LoRA: the adapters rayalign's learner puts on (every linear layer but the head)."""
+    if rank <= 0:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(r=rank, lora_alpha=LORA_ALPHA, target_modules="all-linear", task_type="CAUSAL_LM")
 
 
 def main() -> None:
@@ -295,6 +330,7 @@ def main() -> None:
     p.add_argument("--beta", type=float, default=0.05)
     p.add_argument("--strategy", default="deepspeed", choices=["deepspeed", "ddp"], help="rayalign learner")
     p.add_argument("--cores", type=int, default=2, help="total cores every row may use (at least 2)")
+    p.add_argument("--lora-rank", type=int, default=0, help="LoRA adapters of this rank on both sides (0: full)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--side", default="trl", help=argparse.SUPPRESS)
     p.add_argument("--overlap", default="false", help=argparse.SUPPRESS)
@@ -313,7 +349,18 @@ def main() -> None:
 
 def common_args(args) -> list[str]:
     """The flags every child of one benchmark run shares."""
-    names = ("model", "steps", "prompts_per_step", "group", "max_new_tokens", "lr", "beta", "strategy", "cores")
+    names = (
+        "model",
+        "steps",
+        "prompts_per_step",
+        "group",
+        "max_new_tokens",
+        "lr",
+        "beta",
+        "strategy",
+        "cores",
+        "lora_rank",
+    )
     return [x for name in names for x in (f"--{name.replace('_', '-')}", str(getattr(args, name)))]
 
 
@@ -344,7 +391,7 @@ def _row(row: Row, r: dict, per_step: int, baseline: float) -> list:
 
 
 def run(args) -> None:
-    rows = matrix(args.cores)
+    rows = matrix(args.cores, lora=args.lora_rank > 0)
     if uneven := [r.label for r in rows if (args.prompts_per_step * args.group) % r.learners]:
         raise SystemExit(f"a step's completions do not split evenly over the learners of: {', '.join(uneven)}")
     common = common_args(args)
@@ -352,6 +399,8 @@ def run(args) -> None:
     per_step = args.prompts_per_step * args.group
     best_row, best = max(((r, x) for r, x in results if r.side == "trl"), key=lambda rx: -_steady(rx[1]))
     learner = "DeepSpeed ZeRO-2" if args.strategy == "deepspeed" else "DDP"
+    if args.lora_rank > 0:
+        learner += f"; LoRA rank {args.lora_rank} on every linear layer, both sides"
     print(
         f"\nRL step throughput, {args.model}, {args.steps} steps x {args.prompts_per_step} prompts x {args.group} "
         f"completions of <= {args.max_new_tokens} tokens, fp32, CPU, rayalign learners {learner}, "

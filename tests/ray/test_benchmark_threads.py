@@ -42,10 +42,11 @@ def test_sft_row_trains_on_the_threads_it_claims(row, tiny_model):
     assert sft.measure(row, SFT_ARGS)["threads"] == row.threads
 
 
-def test_rl_trl_row_trains_on_the_threads_it_claims(tiny_model):
+@pytest.mark.parametrize("lora_rank", [0, 2], ids=["full", "lora"])
+def test_rl_trl_row_trains_on_the_threads_it_claims(tiny_model, lora_rank):
     pytest.importorskip("trl")
     args = ["--model", "builtin:tiny", "--steps", "1", "--prompts-per-step", "1", "--group", "2"]
-    args += ["--max-new-tokens", "4", "--cores", "2"]
+    args += ["--max-new-tokens", "4", "--cores", "2", "--lora-rank", str(lora_rank)]
     assert rl.measure(rl.Row("trl", 2), args)["threads"] == 2
 
 
