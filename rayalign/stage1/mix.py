@@ -3,7 +3,8 @@
 Data flow::
 
     jbb harmful + jbb benign (CSV, MIT) ---------------------------------+
-    benign.jsonl + safe_complete.jsonl (written by rayalign) ---+        |
+    benign, intent_twins, safe_complete .jsonl (rayalign) ------+        |
+        (interleaved per category)                              |        |
     advbench (YAML, MIT) + donotanswer (JSONL, Apache-2.0)      |        |
         -> rows with a spec category and expected "refuse" -----+        |
                                                                 |        |
@@ -39,13 +40,14 @@ from rayalign.types import BEHAVIORS, Prompt
 
 MIX_DIR = Path(__file__).resolve().parent.parent / "data" / "mix"
 """The package folder holding the hand-written sources and the built mix."""
-HANDWRITTEN = ("benign.jsonl", "safe_complete.jsonl")
+HANDWRITTEN = ("benign.jsonl", "intent_twins.jsonl", "safe_complete.jsonl")
 """Prompt files written by the rayalign project (Apache-2.0)."""
 KINDS = (
     "homonym", "figurative", "safe_target", "fiction", "history", "education", "definition",
-    "public_figure", "policy_question", "safe_completion",
+    "public_figure", "policy_question", "intent_twin", "safe_completion",
 )  # fmt: skip
-"""Why a hand-written prompt is in the mix: how a harmless request can look dangerous, or a safe completion."""
+"""Why a hand-written prompt is in the mix: how a harmless request can look dangerous, or a safe completion.
+``intent_twin``: a harmless request on the topic of a harmful training prompt (explain, prevent, depict)."""
 JBB_SOURCES = ("jbb_harmful", "jbb_benign")
 EVAL_FRACTION = 0.2
 SEED = 0
@@ -103,6 +105,25 @@ def handwritten_rows(path: Path) -> list[MixRow]:
 # ------------------------------------------------------------------ dedupe, split
 
 
+def interleave(files: Sequence[Sequence[MixRow]]) -> list[MixRow]:
+    """Rows of several files, taken in turn per category: the i-th row of a category in each file, then
+    the (i+1)-th. Training takes prompts in this order (``data.max_prompts``), so a small run sees every
+    file's kinds.
+
+    >>> a = [MixRow(f"a{i}", "p", c, "comply", "rayalign", "homonym") for i, c in enumerate("xxy")]
+    >>> b = [MixRow(f"b{i}", "p", c, "comply", "rayalign", "intent_twin") for i, c in enumerate("xy")]
+    >>> [r.id for r in interleave([a, b]) if r.category == "x"]
+    ['a0', 'b0', 'a1']
+    """
+    ranked = []
+    for index, rows in enumerate(files):
+        seen: Counter[str] = Counter()
+        for row in rows:
+            ranked.append((seen[row.category], index, len(ranked), row))
+            seen[row.category] += 1
+    return [row for *_, row in sorted(ranked, key=lambda t: t[:3])]
+
+
 def dedupe(rows: Iterable[MixRow]) -> list[MixRow]:
     """Keep the first row of each normalized prompt text (see :func:`rayalign.stage1.prompts.normalize`)."""
     seen: set[str] = set()
@@ -151,7 +172,7 @@ def build_mix(evaldata_dir: str | Path, out_dir: str | Path = MIX_DIR, *, handwr
     """Read every source, dedupe, split, write ``train.jsonl`` and ``eval.jsonl``; return (train, eval)."""
     evaldata = Path(evaldata_dir)
     jbb = jbb_rows(evaldata)
-    written = [row for name in HANDWRITTEN for row in handwritten_rows(handwritten_dir / name)]
+    written = interleave([handwritten_rows(handwritten_dir / name) for name in HANDWRITTEN])
     rows = dedupe([*jbb, *written, *harmful_rows(evaldata)])
     rest = [r for r in rows if r.source not in JBB_SOURCES]
     train, held_out = split(rest)

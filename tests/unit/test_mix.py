@@ -16,7 +16,7 @@ from rayalign.stage1.prompts import limit_prompts, normalize, read_prompts
 from rayalign.types import BEHAVIORS
 
 EVALDATA = Path(__file__).resolve().parents[2].parent / "shared" / "evaldata"
-BENIGN_KINDS = set(KINDS) - {"safe_completion"}
+BENIGN_KINDS = set(KINDS) - {"safe_completion", "intent_twin"}
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +85,42 @@ def test_handwritten_benign_prompts_cover_every_category_and_kind(categories):
     shipped = [r for r in _rows("train.jsonl") + _rows("eval.jsonl") if r["source"] == "rayalign"]
     benign = [r for r in shipped if r["expected"] == "comply"]
     assert len(benign) >= 200 and {r["category"] for r in benign} == set(categories)
-    assert {r["kind"] for r in benign} == BENIGN_KINDS
+    assert {r["kind"] for r in benign} == BENIGN_KINDS | {"intent_twin"}
+
+
+def test_intent_twins_cover_every_category_and_mirror_training_topics(categories):
+    rows = handwritten_rows(MIX_DIR / "intent_twins.jsonl")
+    assert len(rows) >= 150 and {(r.expected, r.kind) for r in rows} == {("comply", "intent_twin")}
+    per_category = Counter(r.category for r in rows)
+    assert set(per_category) == set(categories) and min(per_category.values()) >= 15
+    assert all(r.id == f"mix-twin-{r.category}-{r.id.rsplit('-', 1)[1]}" for r in rows)
+
+
+def _ngrams(text: str, n: int = 6) -> set[tuple[str, ...]]:
+    words = normalize(text).split()
+    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
+
+
+def test_handwritten_prompts_share_no_six_words_with_an_eval_benchmark():
+    """Stronger than the exact-text decontamination: no run of six words in common with JBB."""
+    jbb = set().union(
+        *(
+            _ngrams(p.messages[-1].content)
+            for p in read_prompts("builtin:jbb-benign") + read_prompts("builtin:jbb-harmful")
+        )
+    )
+    for name in ("benign.jsonl", "intent_twins.jsonl", "safe_complete.jsonl"):
+        for row in handwritten_rows(MIX_DIR / name):
+            assert not _ngrams(row.prompt) & jbb, (name, row.id)
+
+
+def test_interleave_takes_each_files_rows_in_turn_per_category():
+    rows = _rows("train.jsonl")
+    violent = [r["kind"] for r in rows if r["category"] == "violent_wrongdoing" and r["expected"] == "comply"]
+    assert violent.index("intent_twin") < 3  # not after every benign.jsonl row
+    kinds = {r["id"]: r["kind"] for r in rows}
+    recipe = limit_prompts(read_prompts("builtin:mix-train"), 400, {"comply": 3})  # configs/recipe-cpu.yaml's cut
+    assert Counter(kinds[p.id] for p in recipe)["intent_twin"] >= 100
 
 
 def test_handwritten_safe_completions(categories):
