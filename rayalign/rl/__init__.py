@@ -15,6 +15,8 @@ On Ray:
 - :mod:`rayalign.rl.loop`: the per-worker Ray Train loop, one step = generate,
   reward, advantage, learn, sync, each timed, on the job, checkpoints and
   resume of :mod:`rayalign.training`.
+- :mod:`rayalign.rl.learn`: the learn phase on every learner rank: policy and
+  reference models, micro-batches, the clipped-loss optimizer steps.
 - :mod:`rayalign.rl.reference`: the frozen reference scoring completions on an
   actor of its own (``rl.reference.placement: engine``), off the learners.
 - :mod:`rayalign.rl.train`: the driver (judge service, sampler pool, reference actor, trainer).

@@ -5,7 +5,7 @@ learns on its share of the step's completions:
     generate   (rank 0)  the sampler pool draws rl.group_size completions per prompt
     reward     (rank 0)  the judge service scores each final answer, reasoning hidden
     advantage  (rank 0)  group-relative advantages; the experiences go to every rank
-    learn      (all)     reference log-probs, then rl.epochs_per_step clipped-loss steps
+    learn      (all)     reference log-probs, then rl.epochs_per_step clipped-loss steps (rl/learn.py)
     sync       (rank 0)  the new weights go to the samplers as the next policy version
 
 With ``rl.overlap`` the first three phases of step t + 1 run in a thread of
@@ -26,7 +26,6 @@ same step and data position.
 from __future__ import annotations
 
 import dataclasses
-from collections import defaultdict
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
@@ -40,22 +39,13 @@ import torch.distributed as dist
 
 from rayalign.judge.client import JudgeClient
 from rayalign.judge.service import connect_judge
-from rayalign.learners import build_learner, global_sum
-from rayalign.models import load_tokenizer, with_lora
+from rayalign.learners import build_learner
+from rayalign.models import load_tokenizer
 from rayalign.rl.advantage import group_advantages
-from rayalign.rl.batch import (
-    PolicyBatch,
-    entropy_sum,
-    forward_logits,
-    pad_experiences,
-    reference_logprobs,
-    shard,
-    step_prompt_indices,
-    token_logprobs,
-)
-from rayalign.rl.loss import policy_loss
+from rayalign.rl.batch import step_prompt_indices
+from rayalign.rl.learn import build_models, learn, micro_batches_per_rank
 from rayalign.rl.metrics import TABLE_COLUMNS, Judged, LearnStats, step_metrics, table_rows
-from rayalign.rl.reference import load_reference, with_reference
+from rayalign.rl.reference import with_reference
 from rayalign.rl.reward import (
     RewardShaping,
     judge_requests,
@@ -184,48 +174,6 @@ def share_experiences(experiences: list[Experience] | None, rank: int, world_siz
     return box[0]
 
 
-def learn(
-    learner, reference, job: RLJob, experiences: list[Experience], lr: float, rank: int, world_size: int
-) -> LearnStats:
-    """rl.epochs_per_step optimizer steps on this rank's share; stats over all ranks."""
-    r = job.cfg.rl
-    mine = shard(experiences, rank, world_size)
-    batches = [
-        pad_experiences(mine[i : i + r.micro_batch_size], job.pad_id) for i in range(0, len(mine), r.micro_batch_size)
-    ]
-    device = learner.device
-    refs = [_reference(reference, b, device, job) for b in batches]
-    # None: the learner's own first-epoch log-probs stand in (rl.old_logprobs, see behaviour_from_learner).
-    olds = [None if behaviour_from_learner(r) else b.old_logprobs.to(device) for b in batches]
-    # The step's loss is a mean over all ranks' sequences (or tokens): each
-    # micro-batch's mean is weighted by its share, times world_size because
-    # the learners average gradients over ranks.
-    seqs, toks = global_sum(
-        [sum(float((b.mask.sum(-1) > 0).sum()) for b in batches), sum(float(b.mask.sum()) for b in batches)], device
-    )
-    acc = defaultdict(float)
-    grad_norm = float("nan")
-    for _ in range(r.epochs_per_step):
-        steps = [
-            _micro_step(b, ref, olds, i, job, seqs, toks, world_size, acc)
-            for i, (b, ref) in enumerate(zip(batches, refs))
-        ]
-        grad_norm = learner.train_step(steps, lr)
-    keys = ("loss", "kl", "clip", "ratio", "entropy", "sampler_ratio")
-    loss, kl, clip, ratio, entropy, sampler_ratio = global_sum([acc[k] for k in keys], device)
-    denom = max(toks, 1.0) * r.epochs_per_step
-    return LearnStats(
-        loss=loss / world_size / r.epochs_per_step,
-        kl=kl / denom,
-        clip_fraction=clip / denom,
-        ratio_mean=ratio / denom if toks else 1.0,
-        sampler_ratio_mean=sampler_ratio / denom if toks else 1.0,
-        entropy=entropy / denom,
-        grad_norm=grad_norm,
-        tokens=int(toks),
-    )
-
-
 def sync(learner, job: RLJob, version: int, rank: int) -> int:
     """New weights into every sampler, tagged ``version`` (ZeRO-3: all ranks gather);
     returns the bytes rank 0 sent (0 on other ranks)."""
@@ -249,109 +197,6 @@ def sync(learner, job: RLJob, version: int, rank: int) -> int:
         buckets, learner.weights, "nccl" if gpu else "gloo", "cuda" if gpu else "cpu", not zero3, lora
     )
     return job.pool.broadcast_weights(source, version)
-
-
-# ------------------------------------------------------------ learning
-
-
-def _reference(reference, batch: PolicyBatch, device, job: RLJob) -> torch.Tensor:
-    """The batch's reference log-probs: scored off the learners already, or by this learner now."""
-    if batch.ref_logprobs is not None:
-        return batch.ref_logprobs.to(device)
-    if reference is None:
-        raise RuntimeError("experiences came without reference log-probs and this learner holds no reference")
-    return reference_logprobs(reference, batch, device, bf16=job.bf16)
-
-
-def behaviour_from_learner(r) -> bool:
-    """Whether the PPO ratio's old log-probs are the learner's own (before the step's update) instead of
-    the sampler's. ``rl.old_logprobs: auto`` picks the learner under ``rl.enforce_format``: vLLM applies
-    the format grammar's mask to the logits before it computes log-probs, so a constrained sampler reports
-    log p(token) - log Z (Z: the probability of the tokens the grammar allows), not the policy's log-prob
-    (measured on SmolLM2-135M: a ratio of 0.87-0.89 at the first step instead of 1)."""
-    return r.old_logprobs == "learner" or (r.old_logprobs == "auto" and r.enforce_format)
-
-
-def _micro_step(
-    batch: PolicyBatch,
-    ref: torch.Tensor,
-    olds: list[torch.Tensor | None],
-    index: int,
-    job: RLJob,
-    seqs: float,
-    toks: float,
-    world_size: int,
-    acc,
-):
-    """The closure a learner runs for one micro-batch (``olds[index]``: its old log-probs, None until the
-    learner's own first-epoch ones fill it); adds its diagnostics to ``acc``."""
-    r = job.cfg.rl
-    n_tokens = float(batch.mask.sum())
-    if r.loss_aggregate == "token_mean":
-        weight = n_tokens / max(toks, 1.0) * world_size
-    else:
-        weight = float((batch.mask.sum(-1) > 0).sum()) / max(seqs, 1.0) * world_size
-
-    def run(model) -> torch.Tensor:
-        device = ref.device
-        logits = forward_logits(model, batch, device)
-        logp = token_logprobs(logits, batch.completion_ids.to(device))  # (B, T)
-        if olds[index] is None:  # the optimizer has not stepped yet: this is the behaviour policy
-            olds[index] = logp.detach()
-        mask = batch.mask.to(device)
-        sampled = batch.old_logprobs.to(device)
-        acc["sampler_ratio"] += float((torch.where(mask > 0, logp.detach() - sampled, 0.0).exp() * mask).sum())
-        out = policy_loss(
-            logp,
-            olds[index],
-            ref,
-            batch.advantages.to(device),
-            mask,
-            clip_eps=r.clip_eps,
-            kl_coef=r.kl_coef,
-            aggregate=r.loss_aggregate,
-        )
-        acc["loss"] += float(out.loss.detach()) * weight
-        acc["kl"] += out.kl * n_tokens
-        acc["clip"] += out.clip_fraction * n_tokens
-        acc["ratio"] += out.ratio_mean * n_tokens
-        acc["entropy"] += entropy_sum(logits, mask)
-        return out.loss * weight
-
-    return run
-
-
-def micro_batches_per_rank(job: RLJob, world_size: int) -> int:
-    """Each learner's share of a step's completions, in micro-batches (its grad_accum)."""
-    r = job.cfg.rl
-    return r.prompts_per_step * r.group_size // world_size // r.micro_batch_size
-
-
-def build_models(job: RLJob, device):
-    """(policy in float32, frozen reference on ``device``): both start from job.model_path. With
-    LoRA (rl.lora_rank) the reference is the policy with its adapters off (no second model); with
-    the reference on an actor of its own, None."""
-    from transformers import AutoModelForCausalLM
-
-    r = job.cfg.rl
-    policy = AutoModelForCausalLM.from_pretrained(job.model_path, dtype=torch.float32)
-    policy.config.use_cache = False
-    if r.lora_rank > 0:
-        policy = with_lora(policy, r.lora_rank, r.lora_alpha)
-    if job.reference is not None:
-        return policy, None
-    return policy, AdaptersOff(policy) if r.lora_rank > 0 else load_reference(job.model_path, device)
-
-
-class AdaptersOff:
-    """A LoRA policy called with its adapters off: the frozen reference, sharing the base weights."""
-
-    def __init__(self, policy):
-        self.policy = policy
-
-    def __call__(self, **inputs):
-        with self.policy.disable_adapter():
-            return self.policy(**inputs)
 
 
 # ------------------------------------------------------------ the loop

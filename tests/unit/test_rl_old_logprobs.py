@@ -11,7 +11,7 @@ import torch
 from rayalign.config import load_config
 from rayalign.models import resolve_model
 from rayalign.rl.batch import pad_experiences, reference_logprobs
-from rayalign.rl.loop import behaviour_from_learner, learn
+from rayalign.rl.learn import behaviour_from_learner, learn
 from rayalign.rl.reference import load_reference
 from rayalign.types import Experience
 

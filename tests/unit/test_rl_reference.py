@@ -7,7 +7,7 @@ import torch
 
 from rayalign.models import resolve_model
 from rayalign.rl.batch import pad_experiences, reference_logprobs, shard
-from rayalign.rl.loop import _reference
+from rayalign.rl.learn import reference_for
 from rayalign.rl.reference import ReferenceScorer, load_reference, with_reference
 from rayalign.types import Experience
 
@@ -58,10 +58,10 @@ def test_a_batch_with_scores_skips_the_learners_reference(scorer):
     scored = with_reference(experiences, scorer.score(experiences))
     batch = pad_experiences(scored, 0)
     assert batch.ref_logprobs.shape == batch.completion_ids.shape
-    assert _reference(None, batch, "cpu", job=None) is not None  # no reference model needed
+    assert reference_for(None, batch, "cpu", job=None) is not None  # no reference model needed
     assert batch.ref_logprobs[0, : len(scored[0].token_ids)].tolist() == list(scored[0].ref_logprobs)
     with pytest.raises(RuntimeError, match="holds no reference"):
-        _reference(None, pad_experiences(experiences, 0), "cpu", job=None)
+        reference_for(None, pad_experiences(experiences, 0), "cpu", job=None)
     with pytest.raises(ValueError, match="some experiences have reference log-probs"):
         pad_experiences([scored[0], experiences[1]], 0)
     with pytest.raises(ValueError, match="2 reference scores for 4"):
