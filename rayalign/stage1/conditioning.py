@@ -123,14 +123,14 @@ _BEHAVIOR_PHRASES: dict[Behavior, str] = {
     "safe_complete": "give a safe completion",
 }
 _PREFIX_PLACEHOLDERS = frozenset({"think_open", "title", "category", "rules", "style"})
+SAFE_COMPLETION = "safe_completion"
+"""The optional section of steer.md with the safe completions, one ``category: text`` line each."""
 _STEER_PLACEHOLDERS: Placeholders = {
     MAIN: (frozenset({"behavior_phrase"}), frozenset({"behavior_phrase"})),
     **{b: (_PREFIX_PLACEHOLDERS, frozenset({"think_open", "rules", "style"})) for b in BEHAVIORS},
     "refusal": (frozenset({"title", "category"}), frozenset()),
-    "safe_completion": (frozenset(), frozenset()),
+    SAFE_COMPLETION: (frozenset({"title", "category"}), frozenset()),
 }
-SAFE_COMPLETION = "safe_completion"
-"""The optional section of steer.md with the safe completions, one ``category: text`` line each."""
 DEFAULT_CATEGORY = "*"
 """The key of the safe completion for a category without its own line."""
 
@@ -321,6 +321,11 @@ class Conditioned:
     ``sampled`` is None."""
 
 
+def _render(line: str, spec: Spec, category: str) -> str:
+    """A steer.md refusal or safe-completion line with ``$title`` and ``$category`` filled in (``$$``: a dollar)."""
+    return Template(line).substitute(title=spec.category(category).title, category=category).strip()
+
+
 def condition(
     spec: Spec, templates: GenerationTemplates, steer: SteerTemplates | None, g, prompt: Prompt
 ) -> Conditioned:
@@ -341,12 +346,9 @@ def condition(
         return Conditioned(sampled, sampled.prefill)
     reasoning = steer_prefix(spec, steer, prompt) + THINK_CLOSE + "\n"
     if g.refusals == "spec" and prompt.expected == "refuse":
-        refusal = Template(steer.refusal_for(prompt.id)).substitute(
-            title=spec.category(prompt.category).title, category=prompt.category
-        )
-        return Conditioned(None, "", reasoning + refusal.strip())
+        return Conditioned(None, "", reasoning + _render(steer.refusal_for(prompt.id), spec, prompt.category))
     if g.safe_completions == "spec" and prompt.expected == "safe_complete":
-        return Conditioned(None, "", reasoning + steer.safe_completion(prompt.category))
+        return Conditioned(None, "", reasoning + _render(steer.safe_completion(prompt.category), spec, prompt.category))
     if g.answer_context == "plain":
         return Conditioned(prompt, reasoning)
     sampled = conditioned_prompt(spec, templates, steer, g.steer, prompt, close_reasoning=True)

@@ -209,6 +209,19 @@ def _steer_file(repo, tmp_path, edit):
     return tmp_path / "specs"
 
 
+def test_a_safe_completion_line_fills_placeholders_like_a_refusal(repo, tmp_path, spec, templates):
+    from rayalign.stage1.conditioning import condition
+
+    specs = _steer_file(
+        repo,
+        tmp_path,
+        lambda t: t.replace("self_harm: Thank you", "self_harm: On $title ($category), $$0 help. Thank you"),
+    )
+    g = _g(close_reasoning=True, answer_context="plain", refusals="spec", safe_completions="spec")
+    c = condition(spec, templates[0], load_steer_templates(specs), g, _prompt("self_harm", "safe_complete"))
+    assert split_completion(c.rendered).answer.startswith("On Self-harm (self_harm), $0 help. Thank you")
+
+
 def test_a_malformed_safe_completion_line_names_the_file_and_line(repo, tmp_path):
     specs = _steer_file(repo, tmp_path, lambda t: t.replace("self_harm: Thank you", "self_harm Thank you"))
     with pytest.raises(PromptTemplateError, match=r"steer\.md:\d+: expected 'category: text'"):
