@@ -314,7 +314,7 @@ def _log(tracker: Tracker, results: Sequence[TargetMetrics], images: Sequence[Pa
 
 
 def log_samples(tracker: Tracker, target: str, answers: Sequence) -> None:
-    """The first SAMPLE_ROWS answers (rayalign.eval.run.EvalAnswer) as the tracker's ``eval/samples/<target>`` table."""
+    """The first SAMPLE_ROWS answers (rayalign.eval.answers.EvalAnswer) as the tracker's ``eval/samples/<target>`` table."""
     columns = ["prompt_id", "category", "expected", "answer", "refusal", "score", "compliant"]
     rows = [
         [a.prompt_id, a.category, a.expected, a.answer, a.refusal, a.verdict.score, a.verdict.compliant]

@@ -15,6 +15,7 @@ On Ray:
 - :mod:`rayalign.rl.loop`: the per-worker Ray Train loop, one step = generate,
   reward, advantage, learn, sync, each timed, on the job, checkpoints and
   resume of :mod:`rayalign.training`.
+- :mod:`rayalign.rl.job`: what every RL worker needs, built by the driver.
 - :mod:`rayalign.rl.learn`: the learn phase on every learner rank: policy and
   reference models, micro-batches, the clipped-loss optimizer steps.
 - :mod:`rayalign.rl.reference`: the frozen reference scoring completions on an

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 
@@ -27,13 +26,11 @@ from rayalign.rl.batch import (
     shard,
     token_logprobs,
 )
+from rayalign.rl.job import RLJob
 from rayalign.rl.loss import policy_loss
 from rayalign.rl.metrics import LearnStats
 from rayalign.rl.reference import load_reference
 from rayalign.types import Experience
-
-if TYPE_CHECKING:
-    from rayalign.rl.loop import RLJob
 
 
 @dataclass

@@ -30,7 +30,6 @@ from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
 
 import ray
 import ray.train.torch
@@ -43,6 +42,7 @@ from rayalign.learners import build_learner
 from rayalign.models import load_tokenizer
 from rayalign.rl.advantage import group_advantages
 from rayalign.rl.batch import step_prompt_indices
+from rayalign.rl.job import RLJob
 from rayalign.rl.learn import build_models, learn, micro_batches_per_rank
 from rayalign.rl.metrics import TABLE_COLUMNS, Judged, LearnStats, step_metrics, table_rows
 from rayalign.rl.reference import with_reference
@@ -59,7 +59,6 @@ from rayalign.rollout.weight_sync import LoraSync, plan_buckets
 from rayalign.training import (
     Progress,
     StepReporter,
-    TrainingJob,
     checkpoint_if_due,
     due,
     learner_settings,
@@ -69,23 +68,6 @@ from rayalign.training import (
     timed,
 )
 from rayalign.types import Experience, Prompt, Rollout
-
-
-@dataclass(frozen=True)
-class RLJob(TrainingJob):
-    """What every worker needs, built once by the driver. ``model_path`` is the
-    starting policy and the frozen KL reference; ``fingerprint`` hashes the prompt ids."""
-
-    stage: ClassVar[str] = "rl"
-    data_name: ClassVar[str] = "prompts"
-    data_keys: ClassVar[str] = "the same data.prompts"
-
-    prompts: Any
-    """ObjectRef to the training prompts (list[Prompt])."""
-    pool: Any
-    """The RolloutPool of sampler actors (used by rank 0)."""
-    reference: Any = None
-    """The ReferenceScorer actor (rl.reference.placement: engine; used by rank 0); None: each learner scores."""
 
 
 @dataclass(frozen=True)

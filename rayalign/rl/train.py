@@ -27,7 +27,8 @@ from rayalign.errors import ConfigError
 from rayalign.judge.service import JudgeSettings, judge_session
 from rayalign.models import load_tokenizer, resolve_model, torch_dtype
 from rayalign.resource_plan import check_resource_plan
-from rayalign.rl.loop import RLJob, RLSummary, rl_loop
+from rayalign.rl.job import RLJob
+from rayalign.rl.loop import RLSummary, rl_loop
 from rayalign.rl.reference import ReferenceScorer
 from rayalign.rollout.engine import EngineConfig
 from rayalign.rollout.pool import PoolResources, RolloutPool

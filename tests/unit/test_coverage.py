@@ -8,7 +8,7 @@ from PIL import Image
 from rayalign.cli import main
 from rayalign.coverage import Cited, count, read_run, write_coverage
 from rayalign.datafiles import write_records
-from rayalign.eval.run import EvalAnswer
+from rayalign.eval.answers import EvalAnswer
 from rayalign.runs import RunLayout
 from rayalign.spec import load_spec
 from rayalign.stage1.filter import Decision

@@ -6,11 +6,11 @@ import pytest
 from PIL import Image
 
 from rayalign.errors import LocatedError
+from rayalign.eval import answers as answers_module
 from rayalign.eval import report as report_module
-from rayalign.eval import run as run_module
+from rayalign.eval.answers import cited_rules, score_answer, split_answer
 from rayalign.eval.metrics import MetricResult
 from rayalign.eval.report import TargetMetrics, format_ci, write_report
-from rayalign.eval.run import cited_rules, score_answer, split_answer
 from rayalign.eval.targets import EvalTarget, add_spec_in_context, parse_checkpoints
 from rayalign.types import Completion, Message, Prompt, Verdict
 
@@ -87,7 +87,7 @@ def test_a_plot_without_data_is_left_out_and_the_report_says_why(tmp_path):
 
 def test_format_ci_and_doctests():
     assert format_ci(_m("x", 0.5, 0.25, 0.75, 4)) == "0.500 [0.250, 0.750] (n=4)"
-    for module in (report_module, run_module):
+    for module in (report_module, answers_module):
         result = doctest.testmod(module)
         assert result.attempted > 0 and result.failed == 0
 

@@ -1,9 +1,9 @@
 """`rayalign eval --judge none`: string-match scoring only, and a report that names the scorer of each column."""
 
 from rayalign.config_tree import JudgeConfig
+from rayalign.eval.answers import NOT_JUDGED, score_answer
 from rayalign.eval.metrics import summarize
 from rayalign.eval.report import TargetMetrics, judge_label, render_markdown
-from rayalign.eval.run import NOT_JUDGED, score_answer
 from rayalign.types import Completion, Message, Prompt, Verdict
 
 RULES = frozenset({"privacy.D1", "privacy.A1", "privacy.S1"})

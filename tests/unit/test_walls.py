@@ -24,6 +24,7 @@ PURE = [
     "rayalign.judge.cascade",
     "rayalign.stage1.filter",
     "rayalign.rl.reward",
+    "rayalign.eval.answers",
     "rayalign.rl.advantage",
     "rayalign.rl.loss",
     "rayalign.types",
