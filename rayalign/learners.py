@@ -32,6 +32,7 @@ import torch
 import torch.distributed as dist
 
 from rayalign.errors import RayalignError
+from rayalign.rollout.weight_sync import layout
 
 MicroStep = Callable[[Any], torch.Tensor]
 """model -> scalar loss to backpropagate for one micro-batch."""
@@ -232,11 +233,10 @@ def module_layout(module, *, trainable_only: bool = False) -> list[tuple[str, st
     ``trainable_only``: only parameters that train (a LoRA model's adapters). A tied tensor goes under
     each of its names: vLLM's in-place reload restores a tied ``lm_head`` that receives nothing to its
     old weights (measured: the sampler's log-probs then drift from the learner's)."""
-    return [
-        (name, str(t.dtype).removeprefix("torch."), tuple(getattr(t, "ds_shape", t.shape)))
-        for name, t in module.state_dict(keep_vars=True).items()
-        if not trainable_only or (isinstance(t, torch.nn.Parameter) and t.requires_grad)
-    ]
+    state = module.state_dict(keep_vars=True)
+    if trainable_only:
+        state = {n: t for n, t in state.items() if isinstance(t, torch.nn.Parameter) and t.requires_grad}
+    return layout(state)
 
 
 @contextmanager

@@ -120,8 +120,11 @@ def plan_buckets(
 
 
 def layout(state: Mapping[str, torch.Tensor]) -> list[tuple[str, str, tuple[int, ...]]]:
-    """``(name, dtype, shape)`` of each tensor of a state dict, in its order."""
-    return [(name, str(t.dtype).removeprefix("torch."), tuple(t.shape)) for name, t in state.items()]
+    """``(name, dtype, full shape)`` of each tensor of a state dict, in its order (a ZeRO-3 partition:
+    its ``ds_shape``)."""
+    return [
+        (name, str(t.dtype).removeprefix("torch."), tuple(getattr(t, "ds_shape", t.shape))) for name, t in state.items()
+    ]
 
 
 def total_bytes(buckets: Sequence[Bucket]) -> int:
