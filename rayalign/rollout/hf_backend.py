@@ -8,7 +8,7 @@ import torch
 
 from rayalign.models import load_model, resolve_model
 from rayalign.rollout.engine import EngineConfig, Sampled
-from rayalign.rollout.weight_sync import Bucket, GroupAddress, LoraSync, join_group, load_base_weights, received
+from rayalign.rollout.weight_sync import Bucket, GroupAddress, LoraSync, join_group, received
 from rayalign.types import SamplingSettings
 
 
@@ -70,12 +70,6 @@ class HFBackend:
         if unexpected or [m for m in missing if "lm_head" not in m]:
             raise ValueError(f"weights do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
 
-    def _base(self) -> dict:
-        """The starting weights, HF-named (read once): what LoRA adapters merge into."""
-        if getattr(self, "base_weights", None) is None:
-            self.base_weights = load_base_weights(resolve_model(self.config.model))
-        return self.base_weights
-
     def join_weight_group(self, address: GroupAddress, rank_offset: int) -> None:
         self.group = join_group(address, rank_offset)
         self.group_device = self.model.device if address.backend == "nccl" else torch.device("cpu")
@@ -84,7 +78,7 @@ class HFBackend:
     def receive_weights(self, buckets: Sequence[Bucket], lora: LoraSync | None = None) -> None:
         """Copy each received tensor (``lora``: each merged layer) into the parameter of its name."""
         params = self.model.state_dict(keep_vars=True)
-        weights = received(self.group, buckets, self.group_device, lora, self._base)
+        weights = received(self.group, buckets, self.group_device, lora, resolve_model(self.config.model))
         try:
             for name, tensor in weights:
                 if name not in params:

@@ -26,7 +26,7 @@ import torch
 
 from rayalign.models import resolve_model
 from rayalign.rollout.engine import EngineConfig, Sampled
-from rayalign.rollout.weight_sync import Bucket, GroupAddress, LoraSync, join_group, load_base_weights, received
+from rayalign.rollout.weight_sync import Bucket, GroupAddress, LoraSync, join_group, received
 from rayalign.types import SamplingSettings
 
 EXTENSION = "rayalign.rollout.vllm_backend.WeightSyncExtension"
@@ -173,14 +173,10 @@ class WeightSyncExtension:
         self._rayalign_group = join_group(address, rank_offset + get_world_group().rank)
         self._rayalign_device = self.device if address.backend == "nccl" else torch.device("cpu")
 
-    def _rayalign_base(self) -> dict:
-        """The engine's starting weights, HF-named (read once): what LoRA adapters merge into."""
-        if getattr(self, "_rayalign_base_weights", None) is None:
-            self._rayalign_base_weights = load_base_weights(self.vllm_config.model_config.model)
-        return self._rayalign_base_weights
-
     def rayalign_receive(self, buckets, lora=None) -> None:
-        weights = received(self._rayalign_group, buckets, self._rayalign_device, lora, self._rayalign_base)
+        weights = received(
+            self._rayalign_group, buckets, self._rayalign_device, lora, self.vllm_config.model_config.model
+        )
         try:
             self.reload_weights(weights_iterator=weights, is_checkpoint_format=True)
         finally:

@@ -20,6 +20,7 @@ a layer whose weights straddle two buckets. Torch only: the vLLM side of it is
 from __future__ import annotations
 
 import datetime
+import functools
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -177,8 +178,10 @@ def merge_lora(
         raise ValueError(f"LoRA adapters without their pair: {sorted(pending)[:3]}")
 
 
+@functools.cache
 def load_base_weights(model_dir: str | Path) -> dict[str, torch.Tensor]:
-    """Every tensor of a Hugging Face model directory's safetensors files, on CPU."""
+    """Every tensor of a Hugging Face model directory's safetensors files, on CPU; read once per
+    process (an engine merges every sync's adapters into these)."""
     from safetensors.torch import load_file
 
     files = sorted(Path(model_dir).glob("*.safetensors"))
@@ -188,14 +191,14 @@ def load_base_weights(model_dir: str | Path) -> dict[str, torch.Tensor]:
 
 
 def received(
-    group, buckets: Sequence[Bucket], device, lora: LoraSync | None, base
+    group, buckets: Sequence[Bucket], device, lora: LoraSync | None, model_dir: str | Path
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    """What an engine loads from one broadcast: the tensors as sent, or, for adapters, the merged
-    layers (``base()`` gives the base weights, read once by the caller)."""
+    """What an engine loads from one broadcast: the tensors as sent, or, for adapters, the layers
+    merged into the base weights of ``model_dir`` (the engine's starting model)."""
     weights = receive(group, buckets, device)
     if lora is None:
         return weights
-    return _closing(merge_lora(weights, base(), lora.scale), weights)
+    return _closing(merge_lora(weights, load_base_weights(str(model_dir)), lora.scale), weights)
 
 
 def _closing(outer: Iterator, inner) -> Iterator:
