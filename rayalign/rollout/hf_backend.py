@@ -19,6 +19,8 @@ class HFBackend:
 
     def __init__(self, config: EngineConfig):
         self.config = config
+        self.model_dir = resolve_model(config.model)
+        """The starting model's directory: what LoRA adapters merge into."""
         self.model, self.tokenizer = load_model(
             config.model, dtype=config.dtype, threads=config.threads, device=config.device
         )
@@ -78,7 +80,7 @@ class HFBackend:
     def receive_weights(self, buckets: Sequence[Bucket], lora: LoraSync | None = None) -> None:
         """Copy each received tensor (``lora``: each merged layer) into the parameter of its name."""
         params = self.model.state_dict(keep_vars=True)
-        weights = received(self.group, buckets, self.group_device, lora, resolve_model(self.config.model))
+        weights = received(self.group, buckets, self.group_device, lora, self.model_dir)
         try:
             for name, tensor in weights:
                 if name not in params:

@@ -178,10 +178,14 @@ def merge_lora(
         raise ValueError(f"LoRA adapters without their pair: {sorted(pending)[:3]}")
 
 
-@functools.cache
 def load_base_weights(model_dir: str | Path) -> dict[str, torch.Tensor]:
-    """Every tensor of a Hugging Face model directory's safetensors files, on CPU; read once per
-    process (an engine merges every sync's adapters into these)."""
+    """Every tensor of a Hugging Face model directory's safetensors files, on CPU; the last directory
+    read is kept (an engine merges every sync's adapters into the same base weights)."""
+    return _base_weights(str(Path(model_dir).resolve()))
+
+
+@functools.lru_cache(maxsize=1)
+def _base_weights(model_dir: str) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     files = sorted(Path(model_dir).glob("*.safetensors"))
@@ -198,7 +202,7 @@ def received(
     weights = receive(group, buckets, device)
     if lora is None:
         return weights
-    return _closing(merge_lora(weights, load_base_weights(str(model_dir)), lora.scale), weights)
+    return _closing(merge_lora(weights, load_base_weights(model_dir), lora.scale), weights)
 
 
 def _closing(outer: Iterator, inner) -> Iterator:

@@ -144,8 +144,10 @@ def split(rows: Sequence[MixRow], fraction: float = EVAL_FRACTION) -> tuple[list
     """(train, eval): per (category, expected), the rows with the lowest id hashes go to eval.
 
     Each group holds out ``round(n * fraction)`` rows (half up), keeping at
-    least one in train. Which rows are held out depends only on their ids and
-    ``SEED``; both lists keep input order.
+    least one in train. Which rows are held out depends on their ids, ``SEED``
+    and the group's size: rows added to a group can move earlier rows between
+    the splits (evaluate a model on the split it was trained against); both
+    lists keep input order.
     """
     groups: dict[tuple[str, str], list[MixRow]] = {}
     for row in rows:
