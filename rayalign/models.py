@@ -50,20 +50,38 @@ def resolve_model(source: str) -> Path:
         return convert_gguf(_smollm2_gguf(), name="smollm2-135m-instruct")
     if source == TINY:
         return build_tiny_model()
+    check_model_source(source)
+    path = Path(source).expanduser()
+    if path.suffix == ".gguf":
+        return convert_gguf(path, name=path.stem)
+    if path.is_dir():
+        return path
+    return _from_hub(source)
+
+
+def check_model_source(source: str) -> None:
+    """Raise :class:`ModelLoadError` for a source that names a local model that is not there (an
+    unknown builtin, a missing .gguf or directory, a directory without config.json); cheap, so a
+    driver checks before it starts anything. A Hugging Face id passes (the hub decides later).
+
+    >>> check_model_source("/nowhere/sft/model")
+    Traceback (most recent call last):
+    ...
+    rayalign.errors.ModelLoadError: model path not found: /nowhere/sft/model
+    """
+    if source in (SMOLLM2, TINY):
+        return
     if source.startswith("builtin:"):
         raise ModelLoadError(f"unknown builtin model {source!r}; known: {SMOLLM2}, {TINY}")
     path = Path(source).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
             raise ModelLoadError(f"GGUF file not found: {path}")
-        return convert_gguf(path, name=path.stem)
-    if path.is_dir():
+    elif path.is_dir():
         if not (path / "config.json").exists():
             raise ModelLoadError(f"{path} is not a Hugging Face model directory (no config.json)")
-        return path
-    if source.startswith((".", "/", "~")) or os.sep in source and path.parent.exists():
+    elif source.startswith((".", "/", "~")) or os.sep in source and path.parent.exists():
         raise ModelLoadError(f"model path not found: {path}")
-    return _from_hub(source)
 
 
 def _from_hub(model_id: str) -> Path:

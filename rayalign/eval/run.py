@@ -44,6 +44,7 @@ from rayalign.eval.targets import EvalError, EvalTarget
 from rayalign.judge.cascade import cascade_count
 from rayalign.judge.client import JudgeClient, losses_warning
 from rayalign.judge.service import judge_session
+from rayalign.models import check_model_source
 from rayalign.progress import ProgressLine
 from rayalign.rollout.engine import sampling_settings
 from rayalign.spec import load_spec
@@ -145,6 +146,8 @@ def run_eval(
     out = Path(out_dir)
     spec, templates = load_spec(cfg.spec.path), load_generation_templates(cfg.spec.path)
     names, prompts = load_eval_prompts(benchmarks, limit)
+    for target in targets:  # a missing checkpoint fails here, not in a sampler after Ray is up
+        check_model_source(target.model)
     log(f"[eval] {len(prompts)} prompts from {', '.join(names)}; targets: {', '.join(t.name for t in targets)}")
     init_ray(cfg.cluster)
     settings = sampling_settings(

@@ -58,3 +58,21 @@ def test_with_a_judge_the_report_names_it_per_column():
     assert "| target | not_unsafe (judge) | not_overrefuse (string match) | style_adherence (judge) |" in text
     assert f"| style_adherence | judge: {judge} |" in text
     assert "| base | builtin:tiny | 5 | 0 | 0 | 0 |" in text
+
+
+def test_a_missing_checkpoint_fails_before_ray_starts(tmp_path, monkeypatch):
+    import pytest
+
+    from rayalign.config import load_config
+    from rayalign.errors import ModelLoadError
+    from rayalign.eval import run as run_module
+    from rayalign.eval.targets import EvalTarget
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("Ray started before the checkpoints were checked")
+
+    monkeypatch.setattr(run_module, "init_ray", no_ray)
+    cfg = load_config(None, [f"--tracking.run_dir={tmp_path}"])
+    missing = EvalTarget("rl", str(tmp_path / "rl" / "model"))
+    with pytest.raises(ModelLoadError, match=r"model path not found: .*rl/model"):
+        run_module.run_eval(cfg, [missing], ["builtin:jbb-benign"], tmp_path / "eval", limit=2)
