@@ -60,19 +60,18 @@ def test_with_a_judge_the_report_names_it_per_column():
     assert "| base | builtin:tiny | 5 | 0 | 0 | 0 |" in text
 
 
-def test_a_missing_checkpoint_fails_before_ray_starts(tmp_path, monkeypatch):
+def test_a_missing_checkpoint_fails_before_ray_starts(tmp_path):
     import pytest
+    import ray
 
     from rayalign.config import load_config
     from rayalign.errors import ModelLoadError
-    from rayalign.eval import run as run_module
+    from rayalign.eval.run import run_eval
     from rayalign.eval.targets import EvalTarget
 
-    def no_ray(*args, **kwargs):
-        raise AssertionError("Ray started before the checkpoints were checked")
-
-    monkeypatch.setattr(run_module, "init_ray", no_ray)
+    ray_was_up = ray.is_initialized()
     cfg = load_config(None, [f"--tracking.run_dir={tmp_path}"])
     missing = EvalTarget("rl", str(tmp_path / "rl" / "model"))
     with pytest.raises(ModelLoadError, match=r"model path not found: .*rl/model"):
-        run_module.run_eval(cfg, [missing], ["builtin:jbb-benign"], tmp_path / "eval", limit=2)
+        run_eval(cfg, [missing], ["builtin:jbb-benign"], tmp_path / "eval", limit=2)
+    assert ray.is_initialized() == ray_was_up  # no Ray started for it
