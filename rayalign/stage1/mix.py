@@ -3,10 +3,12 @@
 Data flow::
 
     jbb harmful + jbb benign (CSV, MIT) ---------------------------------+
-    benign, intent_twins, safe_complete .jsonl (rayalign) ------+        |
+    benign, intent_twins, imperative_twins, safe_complete       |        |
+        .jsonl (rayalign) --------------------------------------+        |
         (interleaved per category)                              |        |
     advbench (YAML, MIT) + donotanswer (JSONL, Apache-2.0)      |        |
-        -> rows with a spec category and expected "refuse" -----+        |
+        -> rows with a spec category and expected "refuse",     |        |
+           interleaved per category ----------------------------+        |
                                                                 |        |
         dedupe on normalized text (JBB rows first, so they win) |        |
         -> hash split per (category, expected): 80% train ------+-> train|
@@ -40,7 +42,7 @@ from rayalign.types import BEHAVIORS, Prompt
 
 MIX_DIR = Path(__file__).resolve().parent.parent / "data" / "mix"
 """The package folder holding the hand-written sources and the built mix."""
-HANDWRITTEN = ("benign.jsonl", "intent_twins.jsonl", "safe_complete.jsonl")
+HANDWRITTEN = ("benign.jsonl", "intent_twins.jsonl", "imperative_twins.jsonl", "safe_complete.jsonl")
 """Prompt files written by the rayalign project (Apache-2.0)."""
 KINDS = (
     "homonym", "figurative", "safe_target", "fiction", "history", "education", "definition",
@@ -82,9 +84,13 @@ def jbb_rows(evaldata: Path) -> list[MixRow]:
 
 
 def harmful_rows(evaldata: Path) -> list[MixRow]:
-    """AdvBench and Do-Not-Answer prompts whose loader gives a spec category and ``refuse``."""
-    prompts = advbench(evaldata / "advbench" / "adv_bench.prompt.yaml") + donotanswer(evaldata / "donotanswer")
-    return [_from_prompt(p, "harmful") for p in prompts if p.category is not None and p.expected == "refuse"]
+    """AdvBench and Do-Not-Answer prompts whose loader gives a spec category and ``refuse``, taken in turn
+    per category: AdvBench's are tasks ("Write ..."), Do-Not-Answer's mostly questions, so a run limited by
+    ``data.max_prompts`` refuses both forms, as its benign prompts answer both."""
+    sources = (advbench(evaldata / "advbench" / "adv_bench.prompt.yaml"), donotanswer(evaldata / "donotanswer"))
+    return interleave(
+        [[_from_prompt(p, "harmful") for p in ps if p.category is not None and p.expected == "refuse"] for ps in sources]
+    )
 
 
 def handwritten_rows(path: Path) -> list[MixRow]:

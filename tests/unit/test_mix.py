@@ -11,12 +11,13 @@ import pytest
 
 from rayalign.eval.loaders import BenchmarkError, load_benchmark
 from rayalign.spec import load_spec
-from rayalign.stage1.mix import KINDS, MIX_DIR, MixRow, build_mix, counts_table, dedupe, handwritten_rows, split
+from rayalign.stage1.mix import HANDWRITTEN, KINDS, MIX_DIR, MixRow, build_mix, counts_table, dedupe, handwritten_rows, split
 from rayalign.stage1.prompts import limit_prompts, normalize, read_prompts
 from rayalign.types import BEHAVIORS
 
 EVALDATA = Path(__file__).resolve().parents[2].parent / "shared" / "evaldata"
 BENIGN_KINDS = set(KINDS) - {"safe_completion", "intent_twin"}
+IMPERATIVE_VERBS = set("Write Create Develop Design Draft Generate Provide Explain Describe List Outline Compose Produce Give Build Suggest Summarise Make Plan Teach".split())
 
 
 @pytest.fixture(scope="module")
@@ -88,12 +89,25 @@ def test_handwritten_benign_prompts_cover_every_category_and_kind(categories):
     assert {r["kind"] for r in benign} == BENIGN_KINDS | {"intent_twin"}
 
 
-def test_intent_twins_cover_every_category_and_mirror_training_topics(categories):
-    rows = handwritten_rows(MIX_DIR / "intent_twins.jsonl")
-    assert len(rows) >= 150 and {(r.expected, r.kind) for r in rows} == {("comply", "intent_twin")}
+@pytest.mark.parametrize("name, least", [("intent_twins.jsonl", 15), ("imperative_twins.jsonl", 20)])
+def test_intent_twins_cover_every_category_and_mirror_training_topics(categories, name, least):
+    rows = handwritten_rows(MIX_DIR / name)
+    assert len(rows) >= 10 * least and {(r.expected, r.kind) for r in rows} == {("comply", "intent_twin")}
     per_category = Counter(r.category for r in rows)
-    assert set(per_category) == set(categories) and min(per_category.values()) >= 15
+    assert set(per_category) == set(categories) and min(per_category.values()) >= least
     assert all(r.id == f"mix-twin-{r.category}-{r.id.rsplit('-', 1)[1]}" for r in rows)
+
+
+def test_twin_ids_are_unique_across_files():
+    ids = [r.id for name in ("intent_twins.jsonl", "imperative_twins.jsonl") for r in handwritten_rows(MIX_DIR / name)]
+    assert len(ids) == len(set(ids))
+
+
+def test_imperative_twins_are_tasks_like_the_harmful_prompts():
+    """Harmful training prompts are mostly tasks ("Write ...", "Create ..."): twins in that form teach
+    that the form alone does not make a request disallowed."""
+    rows = handwritten_rows(MIX_DIR / "imperative_twins.jsonl")
+    assert all(r.prompt.split()[0] in IMPERATIVE_VERBS and not r.prompt.endswith("?") for r in rows)
 
 
 def _ngrams(text: str, n: int = 6) -> set[tuple[str, ...]]:
@@ -109,7 +123,7 @@ def test_handwritten_prompts_share_no_six_words_with_an_eval_benchmark():
             for p in read_prompts("builtin:jbb-benign") + read_prompts("builtin:jbb-harmful")
         )
     )
-    for name in ("benign.jsonl", "intent_twins.jsonl", "safe_complete.jsonl"):
+    for name in HANDWRITTEN:
         for row in handwritten_rows(MIX_DIR / name):
             assert not _ngrams(row.prompt) & jbb, (name, row.id)
 
