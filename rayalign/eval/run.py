@@ -47,6 +47,7 @@ from rayalign.judge.service import judge_session
 from rayalign.models import check_model_source
 from rayalign.progress import ProgressLine
 from rayalign.rollout.engine import sampling_settings
+from rayalign.runs import RunLayout
 from rayalign.spec import load_spec
 from rayalign.stage1.conditioning import load_generation_templates
 from rayalign.stage1.prompts import limit_prompts
@@ -158,7 +159,9 @@ def run_eval(
         enforce_format=enforce_format,
     )
     with _judge(cfg, log) as client:
-        context = EvalContext(cfg, spec, templates, settings, client, out, tracker, log)
+        own = RunLayout.of(cfg).eval_answers  # the pipeline's eval answers, reused when --out is elsewhere
+        reuse = () if own.resolve() == (out / "answers").resolve() else (own,)
+        context = EvalContext(cfg, spec, templates, settings, client, out, tracker, log, reuse)
         sampled = [sample_target(context, target, prompts) for target in targets]
         verdicts, judge_s = _judge_all(context, sampled)
     results = [_score_target(context, s, v) for s, v in zip(sampled, verdicts)]

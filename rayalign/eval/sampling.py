@@ -45,6 +45,9 @@ class EvalContext:
     out: Path
     tracker: Tracker | None
     log: Callable[[str], None]
+    reuse: tuple[Path, ...] = ()
+    """Other answers folders whose saved answers serve when they match (the run's own eval, when
+    ``--out`` is elsewhere: judging a run's answers again does not sample them again)."""
 
 
 @dataclass(frozen=True)
@@ -65,16 +68,19 @@ def sample_target(ctx: EvalContext, target: EvalTarget, prompts: Sequence[Prompt
 
     Answers are saved before judging (``answers/<target>.rollouts.json``), so a
     run killed later, or run again, reuses them while the model files, the
-    prompts, the spec and the decoding settings are unchanged.
+    prompts, the spec and the decoding settings are unchanged; so does a run
+    into another folder when ``ctx.reuse`` holds matching ones (copied over).
     """
-    path = ctx.out / "answers" / f"{file_name(target.name)}.rollouts.json"
+    name = f"{file_name(target.name)}.rollouts.json"
+    path = ctx.out / "answers" / name
     key = sampling_fingerprint(target, prompts, ctx.settings, ctx.spec.hash)
-    rollouts = _saved_rollouts(path, key)
+    source, rollouts = _first_saved([path, *(folder / name for folder in ctx.reuse)], key)
     if rollouts is not None:
-        ctx.log(f"[eval] {target.name}: {len(rollouts)} answers reused from {path}")
+        ctx.log(f"[eval] {target.name}: {len(rollouts)} answers reused from {source}")
         start_s = generate_s = 0.0
     else:
         rollouts, start_s, generate_s = _generate(ctx, target, prompts)
+    if source != path:
         write_atomic(path, [json.dumps({"fingerprint": key, "rollouts": [to_dict(r) for r in rollouts]})])
     by_id = {r.prompt_id: r for r in rollouts}
     ordered = tuple(by_id[p.id] for p in prompts)
@@ -97,6 +103,15 @@ def sampling_fingerprint(
     stamps = [f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files if f.is_file()]
     payload = [target.model, stamps, target.spec_in_context, spec_hash, [p.id for p in prompts], to_dict(settings)]
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _first_saved(paths: Sequence[Path], key: str) -> tuple[Path | None, list[Rollout] | None]:
+    """(path, rollouts) of the first of ``paths`` holding rollouts saved for ``key``; (None, None) if none does."""
+    for path in paths:
+        rollouts = _saved_rollouts(path, key)
+        if rollouts is not None:
+            return path, rollouts
+    return None, None
 
 
 def _saved_rollouts(path: Path, key: str) -> list[Rollout] | None:

@@ -89,7 +89,10 @@ def harmful_rows(evaldata: Path) -> list[MixRow]:
     ``data.max_prompts`` refuses both forms, as its benign prompts answer both."""
     sources = (advbench(evaldata / "advbench" / "adv_bench.prompt.yaml"), donotanswer(evaldata / "donotanswer"))
     return interleave(
-        [[_from_prompt(p, "harmful") for p in ps if p.category is not None and p.expected == "refuse"] for ps in sources]
+        [
+            [_from_prompt(p, "harmful") for p in ps if p.category is not None and p.expected == "refuse"]
+            for ps in sources
+        ]
     )
 
 

@@ -11,13 +11,25 @@ import pytest
 
 from rayalign.eval.loaders import BenchmarkError, load_benchmark
 from rayalign.spec import load_spec
-from rayalign.stage1.mix import HANDWRITTEN, KINDS, MIX_DIR, MixRow, build_mix, counts_table, dedupe, handwritten_rows, split
+from rayalign.stage1.mix import (
+    HANDWRITTEN,
+    KINDS,
+    MIX_DIR,
+    MixRow,
+    build_mix,
+    counts_table,
+    dedupe,
+    handwritten_rows,
+    split,
+)
 from rayalign.stage1.prompts import limit_prompts, normalize, read_prompts
 from rayalign.types import BEHAVIORS
 
 EVALDATA = Path(__file__).resolve().parents[2].parent / "shared" / "evaldata"
 BENIGN_KINDS = set(KINDS) - {"safe_completion", "intent_twin"}
-IMPERATIVE_VERBS = set("Write Create Develop Design Draft Generate Provide Explain Describe List Outline Compose Produce Give Build Suggest Summarise Make Plan Teach".split())
+IMPERATIVE_VERBS = set(
+    "Write Create Develop Design Draft Generate Provide Explain Describe List Outline Compose Produce Give Build Suggest Summarise Make Plan Teach".split()
+)
 
 
 @pytest.fixture(scope="module")
