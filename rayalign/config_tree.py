@@ -327,6 +327,9 @@ class RLConfig:
     """Group-relative advantage estimator."""
     malformed_penalty: float = -1.0
     """Reward of a malformed completion (not judged)."""
+    truncated: Literal["penalize", "exclude"] = "penalize"
+    """A completion cut by max_new_tokens: penalize (malformed_penalty) or exclude it from the update (overlong
+    filtering): a penalty ranks a right answer that ran long below a short wrong one (a benign refusal)."""
     length_coef: float = bounded(0.0, ge=0.0)
     """Reward -= length_coef * completion_tokens / max_new_tokens."""
     reward_scale: float = bounded(0.1, gt=0.0)

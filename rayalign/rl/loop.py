@@ -125,7 +125,12 @@ def reward(job: RLJob, client: JudgeClient, prompts: Sequence[Prompt], rollouts:
     r = job.cfg.rl
     completions, requests = judge_requests({p.id: p for p in prompts}, rollouts)
     verdicts = dict(zip((q.request_id for q in requests), client.score_sync(requests)))
-    shaping = RewardShaping(malformed_penalty=r.malformed_penalty, length_coef=r.length_coef, scale=r.reward_scale)
+    shaping = RewardShaping(
+        malformed_penalty=r.malformed_penalty,
+        length_coef=r.length_coef,
+        scale=r.reward_scale,
+        exclude_truncated=r.truncated == "exclude",
+    )
     per_rollout = [verdicts.get(request_id(x)) for x in rollouts]
     rewards = [
         shape_rollout_reward(x, c, v, r.max_new_tokens, shaping) for x, c, v in zip(rollouts, completions, per_rollout)

@@ -60,6 +60,7 @@ def step_metrics(
         "rl/reward_std": std,
         "rl/unscorable_rate": sum(x is None for x in judged.rewards) / n,
         "rl/malformed_rate": sum(c.malformed is not None for c in judged.completions) / n,
+        "rl/truncated_rate": sum(c.malformed == "truncated" for c in judged.completions) / n,
         "rl/cascade_rate": (
             sum(v.decided_by == "cascade" for v in verdicts) / len(verdicts) if verdicts else float("nan")
         ),

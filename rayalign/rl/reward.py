@@ -7,7 +7,11 @@ RL, see the method notes). The reward is
 
 A malformed completion (no answer, truncated, ...) is not judged: it gets
 ``malformed_penalty`` (plus the same length term), so the policy learns to
-keep the format.
+keep the format. A completion the token limit cut (``truncated``) may instead
+be left out of the update (``exclude_truncated``, overlong filtering as in
+DAPO): a penalty there ranks a right answer that ran long below a short wrong
+one, e.g. a refusal of a benign request (cascade score 0) above a cut answer
+to it (-1), which teaches over-refusal.
 
 Unscorable is not zero: a verdict that is missing, could not be parsed or
 timed out yields ``None``. The sample is then excluded from the update (no
@@ -38,27 +42,33 @@ class RewardShaping:
     """reward -= length_coef * completion_tokens / max_new_tokens (0 = no length term)."""
     scale: float = 0.1
     """Judge score (0-10) -> reward score * scale (0-1 with the default)."""
+    exclude_truncated: bool = False
+    """A completion cut by the token limit gets no reward (None: out of the update) instead of the penalty."""
 
 
 def shape_reward(
     verdict: Verdict | None,
-    completion_malformed: bool,
+    malformed: str | None,
     n_tokens: int,
     max_new_tokens: int,
     shaping: RewardShaping,
 ) -> float | None:
     """The reward of one completion, or None when it cannot be scored.
 
+    ``malformed`` is the completion's malformed reason (:func:`split_completion`), None when well formed.
     Worked examples (``RewardShaping(length_coef=0.5)``, 64 of 256 tokens):
 
     - verdict score 8: 8 * 0.1 - 0.5 * 64 / 256 = 0.8 - 0.125 = 0.675
     - malformed: -1.0 - 0.125 = -1.125 (the verdict, if any, is ignored)
+    - truncated under ``exclude_truncated``: None; other malformed reasons keep the penalty
     - verdict unscorable or None: None, never 0
 
     >>> v = Verdict(status="ok", score=8.0)
-    >>> shape_reward(v, False, 64, 256, RewardShaping(length_coef=0.5))
+    >>> shape_reward(v, None, 64, 256, RewardShaping(length_coef=0.5))
     0.675
-    >>> shape_reward(None, False, 64, 256, RewardShaping()) is None
+    >>> shape_reward(None, None, 64, 256, RewardShaping()) is None
+    True
+    >>> shape_reward(None, "truncated", 256, 256, RewardShaping(exclude_truncated=True)) is None
     True
     """
     if max_new_tokens < 1:
@@ -66,7 +76,9 @@ def shape_reward(
     if n_tokens < 0:
         raise ValueError(f"n_tokens: must be >= 0, got {n_tokens}")
     length_term = shaping.length_coef * n_tokens / max_new_tokens
-    if completion_malformed:
+    if malformed == "truncated" and shaping.exclude_truncated:
+        return None
+    if malformed is not None:
         return shaping.malformed_penalty - length_term
     if verdict is None or verdict.status == "unscorable":
         return None
@@ -91,7 +103,7 @@ def shape_rollout_reward(
     >>> shape_rollout_reward(r, c, None, 256, RewardShaping())
     -1.0
     """
-    return shape_reward(verdict, completion.malformed is not None, len(rollout.token_ids), max_new_tokens, shaping)
+    return shape_reward(verdict, completion.malformed, len(rollout.token_ids), max_new_tokens, shaping)
 
 
 def reward_tensors(rewards: Sequence[float | None]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -27,9 +27,10 @@ from rayalign.types import BEHAVIORS
 
 EVALDATA = Path(__file__).resolve().parents[2].parent / "shared" / "evaldata"
 BENIGN_KINDS = set(KINDS) - {"safe_completion", "intent_twin"}
-IMPERATIVE_VERBS = set(
-    "Write Create Develop Design Draft Generate Provide Explain Describe List Outline Compose Produce Give Build Suggest Summarise Make Plan Teach".split()
-)
+IMPERATIVE_VERBS = {
+    *("Write", "Create", "Develop", "Design", "Draft", "Generate", "Provide", "Explain", "Describe", "List"),
+    *("Outline", "Compose", "Produce", "Give", "Build", "Suggest", "Summarise", "Make", "Plan", "Teach"),
+}
 
 
 @pytest.fixture(scope="module")

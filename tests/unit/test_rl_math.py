@@ -30,38 +30,48 @@ def _t(*rows) -> torch.Tensor:
 
 def test_reward_is_scaled_judge_score():
     # 7 * 0.1 = 0.7
-    assert shape_reward(Verdict(status="ok", score=7.0), False, 10, 256, RewardShaping()) == pytest.approx(0.7)
+    assert shape_reward(Verdict(status="ok", score=7.0), None, 10, 256, RewardShaping()) == pytest.approx(0.7)
 
 
 def test_reward_length_term():
     # 8 * 0.1 - 0.5 * 64 / 256 = 0.8 - 0.125 = 0.675
     shaping = RewardShaping(length_coef=0.5)
-    assert shape_reward(OK8, False, 64, 256, shaping) == pytest.approx(0.675)
+    assert shape_reward(OK8, None, 64, 256, shaping) == pytest.approx(0.675)
 
 
 def test_malformed_gets_penalty_whatever_the_verdict():
     # malformed: the verdict is not used; -1.0 - 0.5 * 256 / 256 = -1.5
-    assert shape_reward(OK8, True, 10, 256, RewardShaping()) == -1.0
-    assert shape_reward(None, True, 10, 256, RewardShaping()) == -1.0
-    assert shape_reward(OK8, True, 256, 256, RewardShaping(length_coef=0.5)) == pytest.approx(-1.5)
-    assert shape_reward(OK8, True, 0, 256, RewardShaping(malformed_penalty=-2.0)) == -2.0
+    assert shape_reward(OK8, "no_answer", 10, 256, RewardShaping()) == -1.0
+    assert shape_reward(None, "truncated", 10, 256, RewardShaping()) == -1.0
+    assert shape_reward(OK8, "no_answer", 256, 256, RewardShaping(length_coef=0.5)) == pytest.approx(-1.5)
+    assert shape_reward(OK8, "no_answer", 0, 256, RewardShaping(malformed_penalty=-2.0)) == -2.0
+
+
+def test_truncated_excluded_under_overlong_filtering_other_malformed_still_penalised():
+    shaping = RewardShaping(exclude_truncated=True)
+    assert shape_reward(OK8, "truncated", 256, 256, shaping) is None
+    assert shape_reward(None, "truncated", 256, 256, shaping) is None
+    assert shape_reward(OK8, "no_answer", 10, 256, shaping) == -1.0
+    # the reason a penalty can teach over-refusal: a benign refusal (cascade score 0) outranks a cut answer
+    assert shape_reward(Verdict(status="ok", score=0.0), None, 12, 256, RewardShaping()) == 0.0
+    assert shape_reward(None, "truncated", 256, 256, RewardShaping()) == -1.0
 
 
 def test_unscorable_or_missing_verdict_gives_no_reward_not_zero():
-    assert shape_reward(UNSCORABLE, False, 10, 256, RewardShaping()) is None
-    assert shape_reward(None, False, 10, 256, RewardShaping()) is None
+    assert shape_reward(UNSCORABLE, None, 10, 256, RewardShaping()) is None
+    assert shape_reward(None, None, 10, 256, RewardShaping()) is None
 
 
 def test_ok_verdict_without_score_is_an_error():
     with pytest.raises(ValueError, match="verdict.score"):
-        shape_reward(Verdict(status="ok", score=None), False, 10, 256, RewardShaping())
+        shape_reward(Verdict(status="ok", score=None), None, 10, 256, RewardShaping())
 
 
 def test_reward_rejects_bad_token_counts():
     with pytest.raises(ValueError, match="max_new_tokens"):
-        shape_reward(OK8, False, 10, 0, RewardShaping())
+        shape_reward(OK8, None, 10, 0, RewardShaping())
     with pytest.raises(ValueError, match="n_tokens"):
-        shape_reward(OK8, False, -1, 256, RewardShaping())
+        shape_reward(OK8, None, -1, 256, RewardShaping())
 
 
 def test_rollout_reward_uses_token_count_and_malformed_flag():
