@@ -160,6 +160,7 @@ def _overrides(args, tmp: Path) -> list[str]:
     return [
         f"--model.policy={args.model}",
         f"--model.threads={args.threads}",
+        "--model.dtype=float32",  # as TRL: `auto` is bfloat16 on CPUs with native bf16 (AMX, AVX-512 BF16)
         "--model.max_model_len=1024",
         f"--cluster.num_cpus={args.cores}",
         "--cluster.object_store_mib=1536",
