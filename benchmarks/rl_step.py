@@ -5,7 +5,10 @@ total cores, each side at its own best setting.
 Both sides: the same model, the same prompts (the quickstart set), the same
 group size, prompts per step, completion cap, temperature 1, learning rate,
 KL coefficient (so both keep a reference model), one optimizer step per
-generation, float32, and the same reward: a Python function
+generation, float32 (or, with ``--dtype bfloat16``, bfloat16 mixed precision
+on both sides: float32 weights under bfloat16 autocast, TRL's ``bf16=True``
+and rayalign's ``model.dtype: bfloat16``, its vLLM sampler in bfloat16), and
+the same reward: a Python function
 (``rayalign.testing.length_judge``) that costs nothing, so the judge cost is
 equal (and takes no core). rayalign calls it through the Serve judge as a
 ``function`` judge backend; TRL as a reward function. Each run is a fresh
@@ -14,7 +17,9 @@ the sampler for rayalign); the first step (warm-up) is reported apart from
 the steady-state mean of the others. The rows, for ``--cores C`` (default 2,
 at least 2):
 
-- TRL, 1 process x 1 torch thread, and 1 process x C threads;
+- TRL, 1 process x 1 torch thread, and 1 process x C threads (with
+  ``--dtype bfloat16`` also 1 process x C threads in float32, TRL's best
+  precision on some CPUs);
 - rayalign, sampler 1 thread + 1 learner x 1 thread, ``rl.overlap`` off
   (the phases alternate, so 1 core is busy at a time) and on (generation of
   step t+1 runs during learning of step t: 2 cores);
@@ -72,6 +77,7 @@ from _common import plural, run_on_threads, summary_threads, table  # noqa: E402
 LORA_ALPHA = 16.0
 """LoRA alpha on both sides (``--lora-rank``)."""
 
+PRECISION = {"float32": "fp32", "bfloat16": "bf16 mixed precision (fp32 weights)"}
 PHASES = ("generate", "reward", "advantage", "reference", "wait_rollouts", "learn", "sync")
 
 
@@ -88,6 +94,8 @@ class Row:
     """rayalign: rl.sync."""
     reference: str = "learner"
     """rayalign: rl.reference.placement."""
+    dtype: str = ""
+    """TRL: a precision other than the run's ``--dtype`` (its best may be the other one); "": the run's."""
 
     @property
     def cores(self) -> int:
@@ -100,7 +108,8 @@ class Row:
     @property
     def label(self) -> str:
         if self.side == "trl":
-            return f"TRL GRPOTrainer, 1 process x {plural(self.threads, 'thread')}: {plural(self.cores, 'core')}"
+            precision = f" {PRECISION[self.dtype]}," if self.dtype else ""
+            return f"TRL GRPOTrainer,{precision} 1 process x {plural(self.threads, 'thread')}: {plural(self.cores, 'core')}"
         learners = f"{plural(self.learners, 'learner')} x {plural(self.threads, 'thread')}"
         phases = "rl.overlap on" if self.overlap else "rl.overlap off"
         sync = "object-store sync" if self.sync == "object_store" else "collective sync"
@@ -116,14 +125,17 @@ class Row:
         return [
             *("--side", self.side, "--learners", str(self.learners), "--overlap", overlap),
             *("--sync", self.sync, "--reference", self.reference),
+            *(("--dtype", self.dtype) if self.dtype else ()),
         ]
 
 
-def matrix(cores: int, lora: bool = False) -> list[Row]:
+def matrix(cores: int, lora: bool = False, dtype: str = "float32") -> list[Row]:
     """The rows on ``cores`` cores: TRL at 1 and ``cores`` threads; rayalign at 1 thread
     (overlap off and on), at ``cores`` threads (collective and object-store sync), and with
     ``cores`` learners. ``lora``: TRL's two rows and rayalign's 1-thread and ``cores``-thread
-    layouts, collective sync and the reference on the learner (adapters off).
+    layouts, collective sync and the reference on the learner (adapters off). A ``dtype``
+    other than float32 adds TRL at ``cores`` threads in float32: the ratio is against TRL's
+    best precision as well as its best threads.
 
     >>> [(r.side, r.threads, r.learners, r.overlap, r.sync[0], r.reference[0], r.cores)
     ...  for r in matrix(2)]  # doctest: +NORMALIZE_WHITESPACE
@@ -133,18 +145,19 @@ def matrix(cores: int, lora: bool = False) -> list[Row]:
     >>> [(r.side, r.threads, r.overlap, r.cores) for r in matrix(2, lora=True)]  # doctest: +NORMALIZE_WHITESPACE
     [('trl', 1, False, 1), ('trl', 2, False, 2), ('rayalign', 1, False, 1), ('rayalign', 1, True, 2),
      ('rayalign', 2, False, 2)]
+    >>> [(r.threads, r.dtype) for r in matrix(2, dtype="bfloat16") if r.side == "trl"]
+    [(1, ''), (2, ''), (2, 'float32')]
     """
+    trl = [Row("trl", 1), Row("trl", cores)] + ([Row("trl", cores, dtype="float32")] if dtype != "float32" else [])
     if lora:
         return [
-            Row("trl", 1),
-            Row("trl", cores),
+            *trl,
             Row("rayalign", 1),
             Row("rayalign", 1, overlap=True),
             Row("rayalign", cores),
         ]
     return [
-        Row("trl", 1),
-        Row("trl", cores),
+        *trl,
         Row("rayalign", 1),
         Row("rayalign", 1, overlap=True),
         Row("rayalign", 1, overlap=True, reference="engine"),
@@ -160,7 +173,7 @@ def _overrides(args, tmp: Path) -> list[str]:
     return [
         f"--model.policy={args.model}",
         f"--model.threads={args.threads}",
-        "--model.dtype=float32",  # as TRL: `auto` is bfloat16 on CPUs with native bf16 (AMX, AVX-512 BF16)
+        f"--model.dtype={args.dtype}",  # never `auto`: bfloat16 for the sampler on CPUs with native bf16
         "--model.max_model_len=1024",
         f"--cluster.num_cpus={args.cores}",
         "--cluster.object_store_mib=1536",
@@ -283,7 +296,7 @@ def child_trl(args) -> dict:
             num_iterations=1,
             max_steps=args.steps,
             use_cpu=True,
-            bf16=False,
+            bf16=args.dtype == "bfloat16",  # mixed precision: float32 weights, bfloat16 autocast
             save_strategy="no",
             report_to="none",
             logging_steps=1,
@@ -330,6 +343,7 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-6)
     p.add_argument("--beta", type=float, default=0.05)
     p.add_argument("--strategy", default="deepspeed", choices=["deepspeed", "ddp"], help="rayalign learner")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="both sides; bfloat16: mixed")
     p.add_argument("--cores", type=int, default=2, help="total cores every row may use (at least 2)")
     p.add_argument("--lora-rank", type=int, default=0, help="LoRA adapters of this rank on both sides (0: full)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -359,6 +373,7 @@ def common_args(args) -> list[str]:
         "lr",
         "beta",
         "strategy",
+        "dtype",
         "cores",
         "lora_rank",
     )
@@ -392,7 +407,7 @@ def _row(row: Row, r: dict, per_step: int, baseline: float) -> list:
 
 
 def run(args) -> None:
-    rows = matrix(args.cores, lora=args.lora_rank > 0)
+    rows = matrix(args.cores, lora=args.lora_rank > 0, dtype=args.dtype)
     if uneven := [r.label for r in rows if (args.prompts_per_step * args.group) % r.learners]:
         raise SystemExit(f"a step's completions do not split evenly over the learners of: {', '.join(uneven)}")
     common = common_args(args)
@@ -404,7 +419,7 @@ def run(args) -> None:
         learner += f"; LoRA rank {args.lora_rank} on every linear layer, both sides"
     print(
         f"\nRL step throughput, {args.model}, {args.steps} steps x {args.prompts_per_step} prompts x {args.group} "
-        f"completions of <= {args.max_new_tokens} tokens, fp32, CPU, rayalign learners {learner}, "
+        f"completions of <= {args.max_new_tokens} tokens, {PRECISION[args.dtype]}, CPU, rayalign learners {learner}, "
         f"at most {plural(args.cores, 'core')} busy at once per row (without rl.overlap, sampling and learning "
         f"alternate); ratio against the best TRL row ({best_row.label})"
     )

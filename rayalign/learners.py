@@ -32,6 +32,7 @@ import torch
 import torch.distributed as dist
 
 from rayalign.errors import RayalignError
+from rayalign.models import autocast
 from rayalign.rollout.weight_sync import layout
 
 MicroStep = Callable[[Any], torch.Tensor]
@@ -53,7 +54,8 @@ class LearnerSettings:
     lora: bool = False
     use_gpu: bool = False
     bf16: bool = False
-    """Mixed precision (GPU only): DeepSpeed's bf16 mode, autocast under DDP."""
+    """bfloat16 mixed precision: on GPU DeepSpeed's bf16 mode, elsewhere (DDP, and DeepSpeed on CPU)
+    bfloat16 autocast over float32 weights."""
 
 
 class ResumeError(RayalignError):
@@ -100,7 +102,7 @@ class DeepSpeedLearner:
             "zero_optimization": {"stage": s.zero_stage},
             # torch's AdamW: DeepSpeed's fused/CPU Adam would JIT-compile an op first.
             "optimizer": {"type": "AdamW", "params": {"lr": s.lr, "weight_decay": s.weight_decay, "torch_adam": True}},
-            "bf16": {"enabled": s.bf16},
+            "bf16": {"enabled": s.bf16 and s.use_gpu},  # on CPU: autocast in train_step
             "steps_per_print": 1 << 30,
         }
         self.engine, *_ = deepspeed.initialize(
@@ -114,8 +116,11 @@ class DeepSpeedLearner:
         """Backward each micro-step's loss as is, then step; returns the grad norm."""
         _check_micro_steps(micro_steps, self.settings.grad_accum)
         _set_lr(self.engine.optimizer, lr)
+        cpu_bf16 = self.settings.bf16 and not self.settings.use_gpu
         for micro_step in micro_steps:
-            self.engine.backward(micro_step(self.engine), scale_wrt_gas=False)
+            with autocast(self.device, cpu_bf16):
+                loss = micro_step(self.engine)
+            self.engine.backward(loss, scale_wrt_gas=False)
             self.engine.step()  # DeepSpeed steps the optimizer on the last micro-batch only
         norm = self.engine.get_global_grad_norm()
         return float(norm) if norm is not None else float("nan")
@@ -175,13 +180,12 @@ class DDPLearner:
         """Backward each micro-step's loss as is, all-reduce once, clip, step; returns the grad norm."""
         _check_micro_steps(micro_steps, self.settings.grad_accum)
         _set_lr(self.optimizer, lr)
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.settings.bf16 else nullcontext()
         for i, micro_step in enumerate(micro_steps):
             # Gradients are all-reduced once per optimizer step, on the last micro-batch.
             last = i == len(micro_steps) - 1
             sync = nullcontext() if last or self.model is self.module else self.model.no_sync()
             with sync:
-                with autocast:
+                with autocast(self.device, self.settings.bf16):
                     loss = micro_step(self.model)
                 loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(self.params, self.settings.max_grad_norm)

@@ -16,6 +16,7 @@ concurrent Ray workers converting the same file end up with one copy.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import os
@@ -214,6 +215,30 @@ def torch_dtype(name: str, device: str):
     if name == "auto":
         return torch.bfloat16 if device.startswith("cuda") else torch.float32
     return getattr(torch, name)
+
+
+def mixed_precision(name: str, device: str) -> bool:
+    """Whether learners train ``model.dtype`` ``name`` on ``device`` ("cuda" or "cpu") in bfloat16 mixed
+    precision: float32 weights and optimizer, the forward and backward under bfloat16 autocast. Wherever
+    it resolves to bfloat16: on GPU by default, on CPU when asked (``model.dtype: bfloat16``; worth it on
+    CPUs with native bf16, AMX or AVX-512 BF16, README "Performance").
+
+    >>> mixed_precision("auto", "cuda"), mixed_precision("auto", "cpu"), mixed_precision("bfloat16", "cpu")
+    (True, False, True)
+    """
+    import torch
+
+    return torch_dtype(name, device) == torch.bfloat16
+
+
+def autocast(device, enabled: bool):
+    """bfloat16 autocast on ``device``'s type (a torch.device or "cpu"/"cuda") when ``enabled``,
+    else a context that does nothing."""
+    import torch
+
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
 
 
 def load_tokenizer(source: str):

@@ -47,7 +47,7 @@ from ray.util.queue import Empty, Queue
 from rayalign.config import Config, LearnerConfig
 from rayalign.config import to_dict as config_dict
 from rayalign.learners import Learner, LearnerSettings, ResumeError, rng_state, set_rng_state
-from rayalign.models import torch_dtype
+from rayalign.models import mixed_precision
 from rayalign.progress import ProgressLine
 from rayalign.tracking import Tracker, forget_run, start_tracking
 from rayalign.types import from_dict, to_dict
@@ -92,8 +92,9 @@ class TrainingJob:
 
     @property
     def bf16(self) -> bool:
-        """Mixed precision: on GPU when model.dtype resolves to bfloat16 there."""
-        return self.use_gpu and torch_dtype(self.cfg.model.dtype, "cuda") == torch.bfloat16
+        """bfloat16 mixed precision (:func:`rayalign.models.mixed_precision`): on GPU by default, on CPU
+        with ``model.dtype: bfloat16``."""
+        return mixed_precision(self.cfg.model.dtype, "cuda" if self.use_gpu else "cpu")
 
     def resume_problem(self, saved: Any, checkpoint: str) -> str | None:
         """A stage's own reason to refuse a checkpoint (beyond data and world size), or None."""

@@ -1,6 +1,6 @@
 """Experiences -> the tensors a learner trains on, and which prompts a step uses.
 
-Pure: stdlib and torch only.
+Pure: stdlib and torch only (and rayalign.models' autocast context).
 
 A batch lays each sample out as ``[left padding, prompt, completion, right
 padding]`` so every completion starts at the same column ``P`` (the longest
@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 
+from rayalign.models import autocast
 from rayalign.types import Experience
 
 
@@ -126,9 +126,8 @@ def forward_logits(model, batch: PolicyBatch, device) -> torch.Tensor:
 
 
 def reference_logprobs(reference, batch: PolicyBatch, device, *, bf16: bool = False) -> torch.Tensor:
-    """(B, T) log-probs of the completion tokens under the frozen reference (bf16: CUDA autocast)."""
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else nullcontext()
-    with torch.no_grad(), autocast:
+    """(B, T) log-probs of the completion tokens under the frozen reference (bf16: autocast on ``device``)."""
+    with torch.no_grad(), autocast(device, bf16):
         return token_logprobs(forward_logits(reference, batch, device), batch.completion_ids.to(device))
 
 

@@ -46,7 +46,7 @@ class ReferenceScorer:
         self.device = torch.device(device)
         self.model = load_reference(model_path, self.device)
         self.micro_batch_size, self.pad_id = micro_batch_size, pad_id
-        self.bf16 = bf16  # as the learners' reference forward: CUDA autocast when they train in bf16
+        self.bf16 = bf16  # as the learners' reference forward: autocast when they train in bf16
 
     def score(self, experiences: Sequence[Experience]) -> list[tuple[float, ...]]:
         """(T,) reference log-probs of each experience's completion, in order."""

@@ -108,6 +108,29 @@ def test_ddp_with_gradient_accumulation_matches_zero2(ray_cluster, examples_path
     assert norms == pytest.approx([x["sft/grad_norm"] for x in _step_lines(zero2_dir)], rel=1e-3)
 
 
+@pytest.mark.parametrize("strategy", ["ddp", "deepspeed"])
+def test_bf16_mixed_precision_on_cpu_trains_float32_weights(ray_cluster, examples_path, zero2_run, tmp_path, strategy):
+    """model.dtype: bfloat16 on CPU: one worker of either learner trains under bfloat16 autocast (its
+    losses near, not equal to, float32's) and keeps and saves float32 weights."""
+    _, _, zero2 = zero2_run
+    cfg = _cfg(
+        tmp_path,
+        "--model.dtype=bfloat16",
+        f"--sft.learner.strategy={strategy}",
+        "--sft.learner.num_workers=1",
+        "--sft.micro_batch_size=4",
+        "--sft.max_steps=6",
+        "--sft.learner.checkpoint_every=6",
+    )
+    result = run_sft(cfg, examples_path, tmp_path / "sft", resume=False)
+    assert result.losses[0] != zero2.losses[0]
+    assert result.losses[0] == pytest.approx(zero2.losses[0], rel=0.02)  # the same model, the same rows
+    assert result.losses[-1] < result.losses[0]
+    model, _ = load_model(str(result.model_dir), dtype="auto")
+    assert next(model.parameters()).dtype == torch.float32
+    assert json.loads((result.model_dir / "config.json").read_text()).get("dtype", "float32") == "float32"
+
+
 def _tokens_per_step(cfg, examples_path, steps):
     rows, _ = build_rows(
         load_tokenizer(cfg.model.policy), read_sft_examples(examples_path), cfg.sft.max_seq_len, cfg.sft.packing

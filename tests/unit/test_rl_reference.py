@@ -66,3 +66,24 @@ def test_a_batch_with_scores_skips_the_learners_reference(scorer):
         pad_experiences([scored[0], experiences[1]], 0)
     with pytest.raises(ValueError, match="2 reference scores for 4"):
         with_reference(experiences, [(), ()])
+
+
+def test_bf16_scoring_runs_under_cpu_autocast_as_the_learner_does(tiny_model):
+    """model.dtype: bfloat16 on CPU: the scorer and the learner's reference forward both run under bfloat16
+    autocast over float32 weights, so they agree exactly, and stay near the float32 numbers."""
+    path = str(resolve_model(tiny_model))
+    scorer = ReferenceScorer(path, micro_batch_size=4, pad_id=0, threads=1, bf16=True)
+    model = load_reference(path, "cpu")
+    experiences = _experiences(8, model.config.vocab_size)
+    scores = scorer.score(experiences)
+    assert next(scorer.model.parameters()).dtype == torch.float32  # autocast, not bf16 weights
+    learner = []
+    for i in range(0, 8, 4):
+        chunk = experiences[i : i + 4]
+        logp = reference_logprobs(model, pad_experiences(chunk, 0), "cpu", bf16=True)
+        learner += [logp[j, : len(e.token_ids)].tolist() for j, e in enumerate(chunk)]
+    assert [list(s) for s in scores] == learner
+    fp32 = torch.tensor([x for refs in _learner_refs(model, experiences, micro=4) for x in refs])
+    bf16 = torch.tensor([x for s in scores for x in s])
+    assert not torch.equal(bf16, fp32)  # autocast changed the arithmetic
+    assert torch.allclose(bf16, fp32, atol=0.1, rtol=0)
