@@ -58,14 +58,18 @@ recipe: install
 	$(VENV)/bin/rayalign run $(RECIPE) --tracking.run_dir=$(RECIPE_RUN) --eval.limit=$(EVAL_LIMIT)
 	@echo "recipe stages done in $$(( $$(date +%s) - $$(cat $(RECIPE_RUN)/.started) ))s (install not counted)"
 
+# -X faulthandler: a crash after pytest's own handler is gone (interpreter shutdown) still prints every
+# thread's Python stack.
+PYTEST := $(PY) -X faulthandler -m pytest -q
+
 test: install
-	$(PY) -m pytest -q tests
+	$(PYTEST) tests
 
 test-fast: install
-	$(PY) -m pytest -q -m "not slow" tests/unit
+	$(PYTEST) -m "not slow" tests/unit
 
 test-gpu: install
-	$(PY) -m pytest -q tests/gpu
+	$(PYTEST) tests/gpu
 
 lint: install
 	$(VENV)/bin/ruff check rayalign tests benchmarks

@@ -23,6 +23,16 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 sys.path.insert(0, str(REPO))
 
 
+def pytest_sessionfinish(session, exitstatus):
+    """Stop what tests started in this process before the interpreter finalizes: W&B's service
+    threads and a Ray driver left connected would otherwise be torn down under finalization."""
+    if "wandb" in sys.modules:
+        sys.modules["wandb"].teardown()
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+
+
 @pytest.fixture(scope="session")
 def repo() -> Path:
     return REPO
