@@ -63,7 +63,7 @@ def _registered(run_dir) -> bool:
     return snapshot.exists() and "step-" in snapshot.read_text()
 
 
-def _kill_run(pid: int) -> None:
+def kill_run(pid: int) -> None:
     """SIGKILL the driver and every process it started. The driver's process group holds it, GCS and the
     raylet, but the workers the raylet starts (the Ray Train learners among them) may not be in it: a
     group kill leaves them to train on, and register checkpoints, until they notice their raylet is gone.
@@ -100,7 +100,7 @@ def test_run_killed_during_sft_resumes_and_finishes_every_stage(repo, tiny_model
     # be registered, and is then not resumed).
     while not _registered(run_dir) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
-    _kill_run(proc.pid)  # the driver, Ray and every actor of the run
+    kill_run(proc.pid)  # the driver, Ray and every actor of the run
     proc.wait(timeout=60)
     first = proc.stdout.read()
     if proc.returncode == 0:
