@@ -26,8 +26,9 @@ sys.path.insert(0, str(REPO))
 def pytest_sessionfinish(session, exitstatus):
     """Stop what tests started in this process before the interpreter finalizes: W&B's service
     threads and a Ray driver left connected would otherwise be torn down under finalization."""
-    if "wandb" in sys.modules:
-        sys.modules["wandb"].teardown()
+    wandb = sys.modules.get("wandb")
+    if wandb is not None:
+        wandb.teardown()
     ray = sys.modules.get("ray")
     if ray is not None and ray.is_initialized():
         ray.shutdown()

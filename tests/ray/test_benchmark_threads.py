@@ -26,6 +26,7 @@ def _benchmark(name: str):
 
 sft = _benchmark("sft_throughput")
 rl = _benchmark("rl_step")
+precision = _benchmark("learner_precision")
 
 SFT_ARGS = ["--model", "builtin:tiny", "--steps", "1", "--batch", "2", "--max-seq-len", "64", "--examples", "4"]
 SFT_ARGS += ["--cores", "2"]
@@ -48,6 +49,15 @@ def test_rl_trl_row_trains_on_the_threads_it_claims(tiny_model, lora_rank):
     args = ["--model", "builtin:tiny", "--steps", "1", "--prompts-per-step", "1", "--group", "2"]
     args += ["--max-new-tokens", "4", "--cores", "2", "--lora-rank", str(lora_rank)]
     assert rl.measure(rl.Row("trl", 2), args)["threads"] == 2
+
+
+@pytest.mark.parametrize("kind", ["rl", "sft"])
+def test_precision_rows_train_on_the_threads_they_claim(tiny_model, kind):
+    script = str(REPO / "benchmarks" / "learner_precision.py")
+    args = ["--model", "builtin:tiny", "--kind", kind, "--precision", "bf16-autocast", "--batch", "2"]
+    args += ["--prompt-len", "8", "--completion-len", "8", "--steps", "1"]
+    result = precision.run_on_threads(script, args, 2, f"precision {kind}")
+    assert result["threads"] == 2 and result["step_s"] > 0 and result["peak_gib"] is None  # CPU: no peak
 
 
 def test_a_row_whose_child_ran_on_other_threads_fails(tmp_path):
