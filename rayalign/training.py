@@ -19,11 +19,14 @@ rank's part: ``model/`` (Hugging Face weights + tokenizer, rank 0),
 rank's RNG state) and the learner's optimizer state
 (:mod:`rayalign.learners`). The metrics reported with it are the stage's
 summary record (:func:`rayalign.types.to_dict`); the driver rebuilds it with
-:func:`rayalign.types.from_dict`.
+:func:`rayalign.types.from_dict`. Once every rank has stored its part, rank 0
+names the folder in ``latest.json``: a run whose Ray Train record of its
+checkpoints was left unreadable by a kill resumes from that (:func:`recover`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -80,6 +83,12 @@ class TrainingJob:
     call: str = field(default_factory=lambda: uuid.uuid4().hex[:12], kw_only=True)
     """This driver call's id, stamped on the summaries its workers report: a call that finds training already
     complete gets back the summary of the call that completed it, and must not present it as its own."""
+    checkpoints: str = field(default="", kw_only=True)
+    """This stage's checkpoint folder (``<storage>/<stage>``), set by :func:`fit`: rank 0 records each
+    complete checkpoint there (:data:`LATEST`)."""
+    resume_from: str = field(default="", kw_only=True)
+    """A checkpoint folder to resume from when Ray Train has none to give (its record of them was
+    unreadable, see :func:`recover`); empty: Ray Train's own."""
 
     @property
     def learner(self) -> LearnerConfig:
@@ -225,6 +234,8 @@ def restore(learner: Learner, job: TrainingJob, rank: int, world_size: int, fres
     ``learner``), or ``fresh`` when there is none. A checkpoint made on other data
     or by another number of workers is refused with :class:`ResumeError`."""
     checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None and job.resume_from:
+        checkpoint = Checkpoint.from_directory(job.resume_from)
     if checkpoint is None:
         return fresh
     with checkpoint.as_directory() as tmp:
@@ -259,14 +270,16 @@ def checkpoint_if_due(job: TrainingJob, learner: Learner, tokenizer, state, rank
         return
     timings: dict[str, float] = {}
     with timed(timings, "checkpoint"):
-        report_checkpoint(learner, tokenizer, state, rank, progress.summary(state))
+        report_checkpoint(learner, tokenizer, state, rank, progress.summary(state), job.checkpoints)
     tracker.log({"timing/checkpoint": timings["checkpoint"]}, step=state.step)
 
 
-def report_checkpoint(learner: Learner, tokenizer, state, rank: int, summary) -> None:
+def report_checkpoint(learner: Learner, tokenizer, state, rank: int, summary, checkpoints: str = "") -> None:
     """Every rank writes its part (optimizer shard, RNG state; rank 0 the HF
     model and ``state.json``) and reports it with ``summary``; Ray Train merges
-    the parts into one ``step-NNNNNN`` folder."""
+    the parts into one ``step-NNNNNN`` folder. Once every rank has stored its
+    part, rank 0 records the folder in ``checkpoints`` (:data:`LATEST`)."""
+    name = f"step-{state.step:06d}"
     with tempfile.TemporaryDirectory(prefix="rayalign-ckpt-") as tmp:
         directory = Path(tmp)
         learner.save_state(directory, rank)
@@ -275,7 +288,89 @@ def report_checkpoint(learner: Learner, tokenizer, state, rank: int, summary) ->
         if rank == 0:
             (directory / "state.json").write_text(json.dumps(asdict(state), indent=2))
         checkpoint = Checkpoint.from_directory(tmp)
-        ray.train.report(to_dict(summary), checkpoint=checkpoint, checkpoint_dir_name=f"step-{state.step:06d}")
+        ray.train.report(to_dict(summary), checkpoint=checkpoint, checkpoint_dir_name=name)
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()  # each rank uploads its own part: wait for all of them
+    if rank == 0 and checkpoints:
+        record_latest(Path(checkpoints), name, to_dict(summary))
+
+
+# ------------------------------------------------------------ recovery
+
+SNAPSHOT = "checkpoint_manager_snapshot.json"
+"""Ray Train's record of a run's checkpoints, in the stage's checkpoint folder: what it resumes from."""
+LATEST = "latest.json"
+"""rayalign's own record of the newest complete checkpoint, beside Ray's: ``{"checkpoint": "step-NNNNNN",
+"summary": {...}}``, replaced atomically. Ray Train rewrites its snapshot in place, so a run killed in
+that write (or restarted while a killed run's workers still write it) leaves it unreadable."""
+
+
+def record_latest(folder: Path, name: str, summary: dict) -> None:
+    """Write :data:`LATEST` for checkpoint ``name`` atomically (a temporary file, then a rename)."""
+    tmp = folder / f".{LATEST}.tmp"
+    tmp.write_text(json.dumps({"checkpoint": name, "summary": summary}, indent=2))
+    os.replace(tmp, folder / LATEST)
+
+
+@dataclass(frozen=True)
+class Recovered:
+    """A checkpoint to resume from that Ray Train cannot name."""
+
+    checkpoint: Path
+    summary: dict
+    """What was reported with it."""
+    reason: str
+
+
+def recover(folder: Path, *, settle_s: float = 5.0, poll_s: float = 0.5) -> Recovered | None:
+    """None when Ray Train resumes this stage itself: its snapshot reads (waiting up to ``settle_s``
+    for a writer to finish) and lists a checkpoint, or there is no checkpoint at all (a fresh start).
+    Otherwise the checkpoint :data:`LATEST` names: an unreadable snapshot is set aside (``.unreadable``)
+    so that Ray Train starts a new record, and step folders newer than that checkpoint (not known to be
+    complete) are removed. Raises :class:`ResumeError`, naming the file, when the snapshot is unreadable
+    and nothing else says which checkpoint is complete."""
+    snapshot, latest = folder / SNAPSHOT, folder / LATEST
+    problem = _snapshot_problem(snapshot, settle_s, poll_s)
+    if problem is None or (not latest.exists() and not snapshot.exists()):
+        return None
+    if not latest.exists():
+        if problem == "lists no checkpoint":
+            return None
+        raise ResumeError(
+            f"{snapshot}: Ray Train's checkpoint record {problem} and {latest} is missing, so nothing says "
+            f"which checkpoint is complete; start the stage over (rayalign {folder.name} CONFIG --restart)"
+        )
+    record = json.loads(latest.read_text())
+    if snapshot.exists():
+        snapshot.replace(snapshot.with_name(SNAPSHOT + ".unreadable"))
+    for newer in folder.glob("step-*"):
+        if newer.name > record["checkpoint"]:
+            shutil.rmtree(newer)
+    return Recovered(folder / record["checkpoint"], record["summary"], f"{snapshot} {problem}")
+
+
+def _snapshot_problem(path: Path, settle_s: float, poll_s: float) -> str | None:
+    """What keeps Ray Train from resuming from its snapshot at ``path``, or None. An unparsable one is
+    read again until ``settle_s`` has passed (a killed run's workers may still be writing it)."""
+    if not path.exists():
+        return "is missing"
+    deadline = time.monotonic() + settle_s
+    while True:
+        try:
+            record = json.loads(path.read_text())
+            listed = record.get("checkpoint_results", [None]) if isinstance(record, dict) else [None]
+            return None if listed else "lists no checkpoint"
+        except (OSError, ValueError) as e:
+            if time.monotonic() >= deadline:
+                return f"is unreadable ({e})"
+        time.sleep(poll_s)
+
+
+def forget_recovered(folder: Path, recovered: Path, keep: Path) -> None:
+    """Remove the step folders up to ``recovered`` but ``keep``: Ray Train's new record never lists them."""
+    for old in folder.glob("step-*"):
+        if old.name <= recovered.name and old != keep:
+            shutil.rmtree(old)
 
 
 # ------------------------------------------------------------ the driver
@@ -338,17 +433,29 @@ def fit(
 ) -> Trained[S]:
     """Run ``loop`` on the job's learners and publish the latest checkpoint's model to
     ``<output_dir>/model``. A run that finds training already complete trains nothing
-    and returns what the run that completed it reported."""
+    and returns what the run that completed it reported. When Ray Train's record of the
+    checkpoints is unreadable, the run resumes from rayalign's own (:func:`recover`)."""
+    folder = storage / job.stage
+    recovered = recover(folder)
+    job = dataclasses.replace(job, checkpoints=str(folder), resume_from=str(recovered.checkpoint if recovered else ""))
+    if recovered:
+        print(f"[{job.stage}] {recovered.reason}; resuming from {recovered.checkpoint.name} ({LATEST})", flush=True)
     print(f"[{job.stage}] starting {job.learner.num_workers} Ray Train learner(s) ({job.learner.strategy})", flush=True)
     with progress_relay(job.stage) as queue:
         result = ray_trainer(loop, job, storage, queue).fit()
-    if result.checkpoint is None or not result.metrics:
+    if result.checkpoint is not None and result.metrics:
+        checkpoint, metrics = result.checkpoint, result.metrics
+    elif recovered:  # resumed at the last step: the learners had nothing to train or report
+        checkpoint, metrics = Checkpoint.from_directory(str(recovered.checkpoint)), recovered.summary
+    else:
         raise RuntimeError(f"{job.stage.upper()} finished without a checkpoint in {storage}")
-    reported = from_dict(summary, result.metrics)
+    if recovered:
+        forget_recovered(folder, recovered.checkpoint, keep=Path(checkpoint.path))
+    reported = from_dict(summary, metrics)
     return Trained(
         summary=reported,
-        checkpoint=Path(result.checkpoint.path),
-        model_dir=publish_model(result.checkpoint, output_dir / "model"),
+        checkpoint=Path(checkpoint.path),
+        model_dir=publish_model(checkpoint, output_dir / "model"),
         ran=getattr(reported, "call", "") == job.call,
     )
 

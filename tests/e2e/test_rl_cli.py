@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.e2e.test_run_cli import kill_run
+from tests.e2e.killing import kill_run, recorded, saved
 from tests.ray.test_rl import write_prompts
 
 STEPS, PER_STEP = 16, 2
@@ -44,21 +44,6 @@ def _cmd(run_dir, prompts, init):
     ]
 
 
-def _checkpoints(run_dir) -> list[int]:
-    folder = run_dir / "rl" / "checkpoints" / "rl"
-    return sorted(int(p.name.split("-")[1]) for p in folder.glob("step-*") if (p / "state.json").exists())
-
-
-def _recorded(run_dir) -> list[int]:
-    """The checkpoints Ray Train's snapshot lists (what a re-run resumes from); one written an instant
-    before a kill may never be listed."""
-    try:
-        snapshot = json.loads((run_dir / "rl" / "checkpoints" / "rl" / "checkpoint_manager_snapshot.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return []
-    return [int(r["checkpoint_dir_name"].split("-")[1]) for r in snapshot.get("checkpoint_results", [])]
-
-
 def test_rl_killed_mid_run_resumes_at_the_same_step_and_data_position(repo, format_tuned_model, tmp_path):
     run_dir = tmp_path / "run"
     prompts = write_prompts(tmp_path / "prompts.jsonl")
@@ -67,21 +52,21 @@ def test_rl_killed_mid_run_resumes_at_the_same_step_and_data_position(repo, form
         cmd, cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
     )
     deadline = time.monotonic() + 600
-    while not [s for s in _recorded(run_dir) if s >= 4] and proc.poll() is None and time.monotonic() < deadline:
+    while not [s for s in recorded(run_dir, "rl") if s >= 4] and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
     kill_run(proc.pid)  # the driver, Ray and every actor of the run, learners outside its process group too
     proc.wait(timeout=60)
     if proc.returncode == 0:
         pytest.fail("the run finished before it could be killed")
-    assert _recorded(run_dir), proc.stdout.read()[-3000:]
-    saved = max(_recorded(run_dir))
-    assert saved < STEPS and saved in _checkpoints(run_dir)
+    assert recorded(run_dir, "rl"), proc.stdout.read()[-3000:]
+    listed = max(recorded(run_dir, "rl"))
+    assert listed < STEPS and listed in saved(run_dir, "rl")
 
     again = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-3000:]
     # The resumed run may find a checkpoint the killed one finished writing as it died.
     resumed_from = int(again.stdout.split("steps ")[1].split("->")[0])
-    assert resumed_from >= saved and f"->{STEPS}," in again.stdout
+    assert resumed_from >= listed and f"->{STEPS}," in again.stdout
     assert f"prompts seen {STEPS * PER_STEP}, policy version {STEPS}" in again.stdout
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     steps = [x for x in lines if "rl/reward_mean" in x]

@@ -1,15 +1,17 @@
 """`rayalign run` through the CLI: the whole pipeline on the tiny model, killed with SIGKILL
-during SFT and run again. Stage 1 is skipped (finished with the same settings), SFT goes on
-from its last checkpoint, then RL (from the SFT model) and eval run to the end."""
+during SFT, with Ray Train's record of its checkpoints then cut short (as a kill in its rewrite
+leaves it), and run again. Stage 1 is skipped (finished with the same settings), SFT goes on from
+its last complete checkpoint, then RL (from the SFT model) and eval run to the end."""
 
-import contextlib
 import json
 import subprocess
 import sys
 import time
 
-import psutil
 import pytest
+
+from rayalign.training import SNAPSHOT
+from tests.e2e.killing import checkpoint_folder, kill_run, latest, recorded, saved
 
 SFT_STEPS = 40  # tiny-model steps take ~0.4 s: room to kill the run between its checkpoints
 OVERRIDES = [
@@ -57,66 +59,39 @@ def _cmd(run_dir):
     ]
 
 
-def _registered(run_dir) -> bool:
-    """Ray Train has recorded a checkpoint of this run (what a re-run resumes from)."""
-    snapshot = run_dir / "sft" / "checkpoints" / "sft" / "checkpoint_manager_snapshot.json"
-    return snapshot.exists() and "step-" in snapshot.read_text()
-
-
-def kill_run(pid: int) -> None:
-    """SIGKILL the driver and every process it started. The driver's process group holds it, GCS and the
-    raylet, but the workers the raylet starts (the Ray Train learners among them) may not be in it: a
-    group kill leaves them to train on, and register checkpoints, until they notice their raylet is gone.
-    Stop the whole tree first (so no process starts or reports another), then kill it. The caller reaps
-    ``pid`` itself (reaping it here would leave its Popen an exit status of 0)."""
-    stopped: dict[int, psutil.Process] = {}
-    while True:
-        tree = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)] if psutil.pid_exists(pid) else []
-        new = [p for p in tree if p.pid not in stopped]
-        if not new:
-            break
-        for p in new:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                p.suspend()
-            stopped[p.pid] = p
-    for p in stopped.values():
-        with contextlib.suppress(psutil.NoSuchProcess):
-            p.kill()
-    psutil.wait_procs([p for p in stopped.values() if p.pid != pid], timeout=30)
-
-
-def _sft_checkpoints(run_dir) -> list[int]:
-    folder = run_dir / "sft" / "checkpoints" / "sft"
-    return sorted(int(p.name.split("-")[1]) for p in folder.glob("step-*") if (p / "state.json").exists())
-
-
 def test_run_killed_during_sft_resumes_and_finishes_every_stage(repo, tiny_model, tmp_path):
     run_dir = tmp_path / "run"
     proc = subprocess.Popen(
         _cmd(run_dir), cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
     )
     deadline = time.monotonic() + 900
-    # Kill once Ray Train has registered a checkpoint (one written an instant before a SIGKILL may never
-    # be registered, and is then not resumed).
-    while not _registered(run_dir) and proc.poll() is None and time.monotonic() < deadline:
+    # Kill once a checkpoint is recorded both by Ray Train and by rayalign (latest.json).
+    while not (recorded(run_dir, "sft") and latest(run_dir, "sft")) and proc.poll() is None:
+        assert time.monotonic() < deadline, "no checkpoint recorded in time"
         time.sleep(0.2)
     kill_run(proc.pid)  # the driver, Ray and every actor of the run
     proc.wait(timeout=60)
     first = proc.stdout.read()
     if proc.returncode == 0:
         pytest.fail("the run finished before it could be killed")
-    saved = _sft_checkpoints(run_dir)
-    assert saved and max(saved) < SFT_STEPS, first[-3000:]
+    resume_at = latest(run_dir, "sft")
+    assert resume_at in saved(run_dir, "sft") and resume_at < SFT_STEPS, first[-3000:]
     records = json.loads((run_dir / "pipeline.json").read_text())
     assert list(records) == ["generate"]  # stage 1 finished and was recorded; SFT was not
     assert "[generate] shard" in first and "stage 1 done in" in first  # a progress line, then the summary block
+    # As a kill during Ray Train's in-place rewrite of its snapshot leaves it: cut short.
+    snapshot = checkpoint_folder(run_dir, "sft") / SNAPSHOT
+    snapshot.write_text(snapshot.read_text()[:40])
 
     again = subprocess.run(_cmd(run_dir), cwd=repo, capture_output=True, text=True, timeout=1800)
     out = again.stdout
     assert again.returncode == 0, out[-3000:] + again.stderr[-3000:]
     assert "[run] generate: finished" in out and "skipped" in out.split("[run] sft")[0]
+    assert f"{SNAPSHOT} is unreadable" in out and f"resuming from step-{resume_at:06d} (latest.json)" in out
     resumed_from = int(out.split("SFT done in")[1].split("steps")[1].split("->")[0])
-    assert resumed_from > 0 and resumed_from in saved and f"->{SFT_STEPS}, final loss" in out
+    assert resumed_from == resume_at and f"->{SFT_STEPS}, final loss" in out
+    assert saved(run_dir, "sft")[-1] == SFT_STEPS and recorded(run_dir, "sft")[-1] == SFT_STEPS
+    assert min(saved(run_dir, "sft")) > resume_at  # the folders Ray Train's new record does not list are gone
     assert "RL done in" in out and "eval done in" in out
     assert (run_dir / "rl" / "model" / "config.json").exists() and (run_dir / "eval" / "report.md").exists()
     assert list(json.loads((run_dir / "pipeline.json").read_text())) == ["generate", "sft", "rl", "eval"]

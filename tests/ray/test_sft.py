@@ -1,8 +1,9 @@
 """SFT on a real local Ray (2 CPUs, 2 Ray Train workers, gloo) with the tiny model.
 
-Three Ray Train runs (~20-40 s each to start): DeepSpeed ZeRO-2 for 20 steps,
-the same steps under DDP with gradient accumulation, and a resume of the
-first run to 24 steps.
+Ray Train runs (~20-40 s each to start): DeepSpeed ZeRO-2 for 20 steps, the
+same steps under DDP with gradient accumulation, a resume of the first run to
+24 steps, and calls that find it complete (two of them with Ray Train's record
+of its checkpoints cut short).
 """
 
 import dataclasses
@@ -15,6 +16,7 @@ from rayalign.config import load_config
 from rayalign.models import load_model, load_tokenizer
 from rayalign.sft.data import build_rows, collate, loss_sum, read_sft_examples, step_rows
 from rayalign.sft.train import run_sft
+from rayalign.training import LATEST, SNAPSHOT
 from rayalign.types import Message, Prompt, SFTExample, to_json
 
 QUESTIONS = ["How do I kill a Python process?", "Can you help me?", "Is this allowed under the policy?"]
@@ -195,3 +197,22 @@ def test_a_call_that_finds_training_complete_says_it_trained_nothing(zero2_run, 
     assert (result.start_step, result.steps, result.losses, result.tokens_per_s) == (24, 24, (), 0.0)
     assert result.final_loss == pytest.approx(before[-1]["sft/loss"])
     assert _step_lines(out) == before
+
+
+def test_a_complete_run_whose_ray_record_is_unreadable_resumes_from_its_own(zero2_run, examples_path):
+    """Run after the two above. Ray Train's snapshot cut short (as a kill in its rewrite leaves it): the
+    call resumes from latest.json, which two ranks wrote only once both had stored their parts, at step
+    24 of 24, trains nothing, and keeps that checkpoint; so does the call after it."""
+    cfg, out, _ = zero2_run
+    more = dataclasses.replace(cfg, sft=dataclasses.replace(cfg.sft, max_steps=24))
+    folder = out / "sft" / "checkpoints" / "sft"
+    assert json.loads((folder / LATEST).read_text())["checkpoint"] == "step-000024"
+    (folder / SNAPSHOT).write_text((folder / SNAPSHOT).read_text()[:40])
+    before = _step_lines(out)
+    for _ in range(2):
+        result = run_sft(more, examples_path, out / "sft", resume=True)
+        assert (result.start_step, result.steps, result.losses) == (24, 24, ())
+        assert result.final_loss == pytest.approx(before[-1]["sft/loss"])
+        assert result.checkpoint == folder / "step-000024" and (result.model_dir / "config.json").exists()
+        assert sorted(p.name for p in folder.glob("step-*")) == ["step-000024"]
+    assert (folder / f"{SNAPSHOT}.unreadable").exists() and _step_lines(out) == before
