@@ -5,7 +5,7 @@ import json
 
 import psutil
 
-from rayalign.training import LATEST, SNAPSHOT
+from rayalign.recovery import LATEST, SNAPSHOT
 
 
 def kill_run(pid: int) -> None:

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from rayalign.training import SNAPSHOT
+from rayalign.recovery import SNAPSHOT
 from tests.e2e.killing import checkpoint_folder, kill_run, latest, recorded, saved
 
 SFT_STEPS = 40  # tiny-model steps take ~0.4 s: room to kill the run between its checkpoints

@@ -14,9 +14,9 @@ import torch
 
 from rayalign.config import load_config
 from rayalign.models import load_model, load_tokenizer
+from rayalign.recovery import LATEST, SNAPSHOT
 from rayalign.sft.data import build_rows, collate, loss_sum, read_sft_examples, step_rows
 from rayalign.sft.train import run_sft
-from rayalign.training import LATEST, SNAPSHOT
 from rayalign.types import Message, Prompt, SFTExample, to_json
 
 QUESTIONS = ["How do I kill a Python process?", "Can you help me?", "Is this allowed under the policy?"]

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from rayalign.learners import ResumeError
-from rayalign.training import LATEST, SNAPSHOT, forget_recovered, record_latest, recover
+from rayalign.recovery import LATEST, SNAPSHOT, forget_recovered, record_latest, recover
 
 
 def _folder(tmp_path, steps=(4, 8, 12), snapshot: str | None = None, latest: int | None = None):
@@ -73,7 +73,7 @@ def test_a_snapshot_being_rewritten_is_read_again(tmp_path, monkeypatch):
         calls.append(seconds)
         (folder / SNAPSHOT).write_text(_listing(4, 8))
 
-    monkeypatch.setattr("rayalign.training.time.sleep", finish_the_write)
+    monkeypatch.setattr("rayalign.recovery.time.sleep", finish_the_write)
     assert recover(folder, settle_s=5, poll_s=0.5) is None
     assert calls == [0.5]
 
