@@ -84,6 +84,16 @@ ARCHS = {
         vocab_size=49152,
         tie_word_embeddings=True,
     ),
+    "gemma3-270m": dict(  # Gemma-3-270M's sizes in a Llama: a 262k vocabulary on a 640-wide model
+        hidden_size=640,
+        intermediate_size=2048,
+        num_hidden_layers=18,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=256,
+        vocab_size=262144,
+        tie_word_embeddings=True,
+    ),
     "qwen2.5-1.5b": dict(
         hidden_size=1536,
         intermediate_size=8960,

@@ -281,6 +281,10 @@ class SFTConfig:
     """Linear learning-rate warm-up steps, then cosine decay."""
     weight_decay: float = bounded(0.0, ge=0.0)
     """AdamW weight decay."""
+    loss_chunk: int = bounded(0, ge=0)
+    """Scored tokens whose logits exist at once: the LM head and its loss run in chunks of this many
+    rows, gradients computed on the way; 0 = all rows of a micro-batch at once. For large vocabularies
+    (Gemma's 262k: 4 x 768 tokens are 3.2 GB of float32 logits per copy). Not with ZeRO-3."""
     packing: bool = True
     """Pack short examples into full max_seq_len sequences."""
     lora_rank: int = bounded(0, ge=0)

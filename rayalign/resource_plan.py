@@ -184,6 +184,9 @@ def _check_learners(cfg: Config, origins: dict) -> None:
         if section.lora_rank > 0 and section.learner.strategy == "deepspeed" and section.learner.zero_stage == 3:
             message = f"LoRA with ZeRO-3 is not supported; use {stage}.learner.zero_stage <= 2 or {stage}.lora_rank=0"
             _fail(message, f"{stage}.lora_rank", origins)
+    s = cfg.sft
+    if s.loss_chunk > 0 and s.learner.strategy == "deepspeed" and s.learner.zero_stage == 3:
+        _fail("sft.loss_chunk needs the whole LM head on each learner: ZeRO-3 shards it", "sft.loss_chunk", origins)
     if r.lora_rank > 0 and r.sync != "collective":
         _fail("LoRA RL syncs the adapters only, by collective broadcast: use rl.sync: collective", "rl.sync", origins)
 

@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 import ray
 import torch
 
+from rayalign.errors import ConfigError
 from rayalign.learners import build_learner, global_sum
 from rayalign.models import load_tokenizer, with_lora
 from rayalign.sft.data import (
@@ -39,10 +40,12 @@ from rayalign.sft.data import (
     collate,
     loss_sum,
     lr_factor,
+    next_token_labels,
     prefer_flat,
     scored_positions,
     step_rows,
 )
+from rayalign.sft.head_loss import head_loss_sum
 from rayalign.training import (
     Progress,
     StepReporter,
@@ -135,22 +138,62 @@ def keeps_logits(model) -> bool:
     return "logits_to_keep" in inspect.signature(type(base).forward).parameters
 
 
-def _micro_step(batch: Batch, scale: float, device, totals: list[float], *, keep_logits: bool = True):
+def _micro_step(batch: Batch, scale: float, device, totals: list[float], *, keep_logits: bool = True, chunk: int = 0):
     """The closure a learner runs for one micro-batch; records the unscaled loss sum. With ``keep_logits``
-    the forward computes logits only where a label is scored (the prompts' are never used)."""
+    the forward computes logits only where a label is scored (the prompts' are never used); with
+    ``chunk`` the LM head and its loss run ``chunk`` scored rows at a time (:mod:`rayalign.sft.head_loss`)."""
 
     def run(model) -> torch.Tensor:
         labels = batch.labels.to(device)
-        positions = scored_positions(labels) if keep_logits else None
-        extra = {} if positions is None else {"logits_to_keep": positions}
-        out = model(
-            input_ids=batch.input_ids.to(device), position_ids=batch.position_ids.to(device), use_cache=False, **extra
-        )
-        total, _ = loss_sum(out.logits, labels, positions)
+        inputs = {"input_ids": batch.input_ids.to(device), "position_ids": batch.position_ids.to(device)}
+        if chunk:
+            total = _chunked_loss_sum(model, inputs, labels, chunk, keep_logits=keep_logits)
+        else:
+            positions = scored_positions(labels) if keep_logits else None
+            extra = {} if positions is None else {"logits_to_keep": positions}
+            total, _ = loss_sum(model(**inputs, use_cache=False, **extra).logits, labels, positions)
         totals.append(float(total.detach()))
         return total * scale
 
     return run
+
+
+def _chunked_loss_sum(model, inputs: dict, labels: torch.Tensor, chunk: int, *, keep_logits: bool) -> torch.Tensor:
+    """The summed loss from the decoder's hidden states and the head's weight, ``chunk`` rows at a time.
+    The forward still goes through ``model`` (DDP and DeepSpeed prepare their gradient hooks there),
+    asking for the logits of no position; a hook takes the decoder's output on the way."""
+    decoder, head = decoder_and_head(model)
+    captured: list[torch.Tensor] = []
+    hook = decoder.register_forward_hook(lambda _module, _args, out: captured.append(out[0]))
+    try:
+        none = {"logits_to_keep": torch.zeros(0, dtype=torch.long, device=labels.device)} if keep_logits else {}
+        model(**inputs, use_cache=False, **none)
+    finally:
+        hook.remove()
+    shifted = next_token_labels(labels)
+    scored = shifted != IGNORE_INDEX
+    return head_loss_sum(captured[0][scored], head.weight, shifted[scored], chunk)
+
+
+def decoder_and_head(model):
+    """The decoder (hidden states out) and output head of a Hugging Face causal LM, through DDP,
+    DeepSpeed and LoRA wrappers. Raises :class:`ConfigError` (``sft.loss_chunk``) for a model whose
+    logits are more than ``hidden @ head.weight.T`` (a bias, soft-capping, scaling)."""
+    inner = getattr(model, "module", model)
+    base = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+    head, config = base.get_output_embeddings(), base.config.get_text_config()
+    extra = [k for k in ("final_logit_softcapping", "logit_scale") if getattr(config, k, None)]
+    if getattr(config, "logits_scaling", None) not in (None, 1.0):
+        extra.append("logits_scaling")
+    if getattr(head, "bias", None) is not None:
+        extra.append("head bias")
+    if extra:
+        raise ConfigError(
+            f"{type(base).__name__} computes its logits with more than the head's weight ({', '.join(extra)}); "
+            "set sft.loss_chunk: 0",
+            field="sft.loss_chunk",
+        )
+    return base.get_decoder(), head
 
 
 def build_model(job: SFTJob):
@@ -196,7 +239,9 @@ def _step(
     loss_tokens, tokens = global_sum([_loss_tokens(batches), sum(b.num_tokens for b in batches)], learner.device)
     # Mean over every loss token of the step on all workers; learners average workers.
     scale, totals = world_size / loss_tokens, []
-    micro_steps = [_micro_step(b, scale, learner.device, totals, keep_logits=keep_logits) for b in batches]
+    micro_steps = [
+        _micro_step(b, scale, learner.device, totals, keep_logits=keep_logits, chunk=s.loss_chunk) for b in batches
+    ]
     grad_norm = learner.train_step(micro_steps, lr)
     (loss_sum_all,) = global_sum([sum(totals)], learner.device)
     return StepStats(loss_sum_all / loss_tokens, int(tokens), grad_norm)
@@ -233,6 +278,8 @@ def train_loop(config: dict) -> None:
     rows = ray.get(job.rows)
     model = build_model(job)
     ctx_scale, keep_logits = context_scale(model), keeps_logits(model)
+    if s.loss_chunk:
+        decoder_and_head(model)  # a model whose logits are more than hidden @ head.T: say so before training
     settings = learner_settings(job, s.grad_accum, weight_decay=s.weight_decay, lora=s.lora_rank > 0)
     learner = build_learner(settings, model, world_size)
     fresh = TrainState(0, 0, job.fingerprint, world_size, job.steps_per_epoch)

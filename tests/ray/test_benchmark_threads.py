@@ -27,6 +27,7 @@ def _benchmark(name: str):
 sft = _benchmark("sft_throughput")
 rl = _benchmark("rl_step")
 precision = _benchmark("learner_precision")
+head_loss = _benchmark("sft_head_loss")
 
 SFT_ARGS = ["--model", "builtin:tiny", "--steps", "1", "--batch", "2", "--max-seq-len", "64", "--examples", "4"]
 SFT_ARGS += ["--cores", "2"]
@@ -58,6 +59,19 @@ def test_precision_rows_train_on_the_threads_they_claim(tiny_model, kind):
     args += ["--prompt-len", "8", "--completion-len", "8", "--steps", "1"]
     result = precision.run_on_threads(script, args, 2, f"precision {kind}")
     assert result["threads"] == 2 and result["step_s"] > 0 and result["peak_gib"] is None  # CPU: no peak
+
+
+def test_head_loss_rows_train_on_the_threads_they_claim_and_agree_on_the_loss(tiny_model):
+    script = str(REPO / "benchmarks" / "sft_head_loss.py")
+    args = ["--model", "builtin:tiny", "--batch", "2", "--seq-len", "32", "--steps", "1", "--precision", "float32"]
+    whole, chunked = (
+        head_loss.run_on_threads(script, [*args, "--loss-chunk", str(chunk)], 2, f"loss_chunk {chunk}")
+        for chunk in (0, 16)
+    )
+    for result in (whole, chunked):
+        assert result["threads"] == 2 and result["step_s"] > 0 and result["peak_gib"] > 0
+    assert whole["scored"] == 2 * 2 * (16 - 4)  # 2 rows x 2 packed examples of 16 tokens, 4 of them prompt
+    assert chunked["loss"] == pytest.approx(whole["loss"], rel=1e-5)
 
 
 def test_a_row_whose_child_ran_on_other_threads_fails(tmp_path):

@@ -92,8 +92,10 @@ def test_zero2_on_two_workers_lowers_the_loss(zero2_run):
     assert (result.model_dir / "config.json").exists() and (result.model_dir / "tokenizer.json").exists()
 
 
-def test_ddp_with_gradient_accumulation_matches_zero2(ray_cluster, examples_path, zero2_run, tmp_path):
-    """Same rows per step (1 x 2 micro-batches instead of 2 x 1): same token-mean loss, same updates."""
+@pytest.mark.parametrize("loss_chunk", [0, 16])
+def test_ddp_with_gradient_accumulation_matches_zero2(ray_cluster, examples_path, zero2_run, tmp_path, loss_chunk):
+    """Same rows per step (1 x 2 micro-batches instead of 2 x 1): same token-mean loss, same updates;
+    also with the LM head and its loss in chunks of 16 rows (sft.loss_chunk), through DDP's all-reduce."""
     _, zero2_dir, zero2 = zero2_run
     cfg = _cfg(
         tmp_path,
@@ -102,6 +104,7 @@ def test_ddp_with_gradient_accumulation_matches_zero2(ray_cluster, examples_path
         "--sft.grad_accum=2",
         "--sft.max_steps=20",
         "--sft.learner.checkpoint_every=20",
+        f"--sft.loss_chunk={loss_chunk}",
     )
     result = run_sft(cfg, examples_path, tmp_path / "sft", resume=False)
     assert result.steps == 20
