@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 # Every benchmark child: offline, quiet, no telemetry, no W&B.
@@ -129,3 +130,50 @@ def random_model(arch: str) -> str:
     LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
+
+
+def packed_sft_batch(vocab: int, rows: int, example_len: int, prompt_len: int):
+    """An SFT micro-batch of ``rows`` rows, each two packed examples of ``example_len`` random tokens
+    (positions restart at the second) whose first ``prompt_len`` carry no loss."""
+    import torch
+
+    from rayalign.sft.data import IGNORE_INDEX, Batch
+
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, vocab, (rows, 2 * example_len), generator=g)
+    labels = ids.clone()
+    for start in (0, example_len):
+        labels[:, start : start + prompt_len] = IGNORE_INDEX
+    positions = torch.arange(example_len).repeat(2).expand(rows, -1).contiguous()
+    return Batch(input_ids=ids, labels=labels, position_ids=positions, num_tokens=int(ids.numel()))
+
+
+def time_steps(step, steps: int, device: str) -> tuple[float, float | None]:
+    """Mean seconds of ``steps`` calls of ``step`` after one warm-up call, and on CUDA the peak GiB
+    allocated over the timed ones (None elsewhere)."""
+    import torch
+
+    cuda = device.startswith("cuda")
+    step()  # warm-up: kernels, allocator, optimizer state
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if cuda:
+        torch.cuda.synchronize()
+    seconds = (time.perf_counter() - start) / steps
+    return seconds, torch.cuda.max_memory_allocated() / 2**30 if cuda else None
+
+
+def trainable_model(source: str, device: str, threads: int):
+    """(model, AdamW) for a benchmark child: ``threads`` torch threads, float32 weights in train mode
+    (mixed precision is the step's autocast, as in the learners)."""
+    import torch
+
+    from rayalign.models import load_model
+
+    torch.set_num_threads(threads)
+    model, _ = load_model(source, dtype="float32", device=device)
+    return model.train(), torch.optim.AdamW(model.parameters(), lr=1e-6)

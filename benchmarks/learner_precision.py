@@ -21,13 +21,12 @@ import argparse
 import json
 import random
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _common import ARCHS, random_model, run_on_threads, table  # noqa: E402
+from _common import ARCHS, packed_sft_batch, random_model, run_on_threads, table, time_steps, trainable_model  # noqa: E402
 
 
 def _rl_step(model, reference, batch, optimizer, device: str, bf16: bool) -> None:
@@ -86,18 +85,7 @@ def _rl_batch(vocab: int, batch: int, prompt_len: int, completion_len: int):
 def _sft_batch(vocab: int, batch: int, prompt_len: int, completion_len: int):
     """``batch`` rows as long as an RL row, each two examples of half the prompt and half the
     completion packed (restarting positions), loss on the completions."""
-    import torch
-
-    from rayalign.sft.data import IGNORE_INDEX, Batch
-
-    g = torch.Generator().manual_seed(0)
-    half = (prompt_len + completion_len) // 2
-    ids = torch.randint(3, vocab, (batch, 2 * half), generator=g)
-    labels = ids.clone()
-    for start in (0, half):
-        labels[:, start : start + prompt_len // 2] = IGNORE_INDEX
-    positions = torch.arange(half).repeat(2).expand(batch, -1).contiguous()
-    return Batch(input_ids=ids, labels=labels, position_ids=positions, num_tokens=int(ids.numel()))
+    return packed_sft_batch(vocab, batch, (prompt_len + completion_len) // 2, prompt_len // 2)
 
 
 def child(args) -> dict:
@@ -105,11 +93,8 @@ def child(args) -> dict:
 
     from rayalign.models import load_model
 
-    torch.set_num_threads(args.threads)
     bf16 = args.precision == "bf16-autocast"
-    model, _ = load_model(args.model, dtype="float32", device=args.device)
-    model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
+    model, optimizer = trainable_model(args.model, args.device, args.threads)
     vocab = model.config.vocab_size
     if args.kind == "rl":
         reference, _ = load_model(args.model, dtype="float32", device=args.device)
@@ -124,18 +109,7 @@ def child(args) -> dict:
         def step():
             _sft_step(model, batch, optimizer, args.device, bf16)
 
-    cuda = args.device.startswith("cuda")
-    step()  # warm-up: kernels, allocator, optimizer state
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        step()
-    if cuda:
-        torch.cuda.synchronize()
-    seconds = (time.perf_counter() - start) / args.steps
-    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
+    seconds, peak = time_steps(step, args.steps, args.device)
     return {"step_s": seconds, "peak_gib": peak, "threads": torch.get_num_threads()}
 
 

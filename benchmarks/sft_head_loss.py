@@ -19,44 +19,25 @@ import argparse
 import json
 import resource
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _common import ARCHS, random_model, run_on_threads, table  # noqa: E402
-
-
-def _batch(vocab: int, batch: int, seq_len: int):
-    """``batch`` rows of ``seq_len`` tokens, each two packed examples whose first quarter is prompt."""
-    import torch
-
-    from rayalign.sft.data import IGNORE_INDEX, Batch
-
-    g = torch.Generator().manual_seed(0)
-    half = seq_len // 2
-    ids = torch.randint(3, vocab, (batch, 2 * half), generator=g)
-    labels = ids.clone()
-    for start in (0, half):
-        labels[:, start : start + half // 4] = IGNORE_INDEX
-    positions = torch.arange(half).repeat(2).expand(batch, -1).contiguous()
-    return Batch(input_ids=ids, labels=labels, position_ids=positions, num_tokens=int(ids.numel()))
+from _common import ARCHS, packed_sft_batch, random_model, run_on_threads, table, time_steps, trainable_model  # noqa: E402
 
 
 def child(args) -> dict:
     import torch
 
-    from rayalign.models import autocast, load_model
+    from rayalign.models import autocast
     from rayalign.sft.data import IGNORE_INDEX
     from rayalign.sft.loop import _micro_step
 
-    torch.set_num_threads(args.threads)
     bf16 = args.precision == "bf16-autocast"
-    model, _ = load_model(args.model, dtype="float32", device=args.device)
-    model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
-    batch = _batch(model.config.vocab_size, args.batch, args.seq_len)
+    model, optimizer = trainable_model(args.model, args.device, args.threads)
+    half = args.seq_len // 2
+    batch = packed_sft_batch(model.config.vocab_size, args.batch, half, half // 4)
     scored = int((batch.labels[:, 1:] != IGNORE_INDEX).sum())
     losses: list[float] = []
 
@@ -68,21 +49,12 @@ def child(args) -> dict:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    cuda = args.device.startswith("cuda")
-    step()
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        step()
-    if cuda:
-        torch.cuda.synchronize()
-    seconds = (time.perf_counter() - start) / args.steps
-    peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    seconds, peak = time_steps(step, args.steps, args.device)
+    if peak is None:  # CPU: the process's peak resident set
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     return {
         "step_s": seconds,
-        "peak_gib": peak / 2**30,
+        "peak_gib": peak,
         "loss": losses[0] / scored,
         "scored": scored,
         "threads": torch.get_num_threads(),
