@@ -34,10 +34,10 @@ def run_isolated(script: str, args: list[str], env: dict[str, str] | None = None
     raise RuntimeError(f"{script} {' '.join(args)} printed no result")
 
 
-def run_on_threads(script: str, args: list[str], threads: int, label: str) -> dict:
+def run_on_threads(script: str, args: list[str], threads: int, label: str, env: dict[str, str] | None = None) -> dict:
     """``run_isolated`` with ``threads`` torch threads per process (``OMP_NUM_THREADS`` and
-    ``--threads``); raises unless the child read back that many (its ``"threads"`` key)."""
-    env = {**CHILD_ENV, "OMP_NUM_THREADS": str(threads)}
+    ``--threads``) and ``env``; raises unless the child read back that many (its ``"threads"`` key)."""
+    env = {**CHILD_ENV, **(env or {}), "OMP_NUM_THREADS": str(threads)}
     result = run_isolated(script, [*args, "--threads", str(threads)], env)
     if result.get("threads") != threads:
         raise RuntimeError(f"{label}: claims {threads} torch threads per process, ran with {result.get('threads')}")
@@ -148,9 +148,11 @@ def packed_sft_batch(vocab: int, rows: int, example_len: int, prompt_len: int):
     return Batch(input_ids=ids, labels=labels, position_ids=positions, num_tokens=int(ids.numel()))
 
 
-def time_steps(step, steps: int, device: str) -> tuple[float, float | None]:
-    """Mean seconds of ``steps`` calls of ``step`` after one warm-up call, and on CUDA the peak GiB
-    allocated over the timed ones (None elsewhere)."""
+def time_steps(step, steps: int, device: str, *, cpu_peak: bool = False) -> tuple[float, float | None]:
+    """Mean seconds of ``steps`` calls of ``step`` after one warm-up call, and the peak GiB over the
+    timed ones: allocated on CUDA; with ``cpu_peak`` on CPU, the process's peak resident set (Linux;
+    reset after the warm-up; run the child under :data:`EXACT_RSS_ENV` so that freed tensors leave it).
+    None otherwise."""
     import torch
 
     cuda = device.startswith("cuda")
@@ -158,13 +160,29 @@ def time_steps(step, steps: int, device: str) -> tuple[float, float | None]:
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+    elif cpu_peak:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM, the peak resident set
     start = time.perf_counter()
     for _ in range(steps):
         step()
     if cuda:
         torch.cuda.synchronize()
     seconds = (time.perf_counter() - start) / steps
-    return seconds, torch.cuda.max_memory_allocated() / 2**30 if cuda else None
+    if cuda:
+        return seconds, torch.cuda.max_memory_allocated() / 2**30
+    return seconds, _peak_rss_gib() if cpu_peak else None
+
+
+EXACT_RSS_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
+"""glibc serves every allocation of 64 KiB or more (every sizeable tensor) by its own mapping and
+unmaps it when freed, instead of keeping it in a heap; the resident set then follows live tensors."""
+
+
+def _peak_rss_gib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 2**20  # kB
+    raise RuntimeError("/proc/self/status has no VmHWM: peak memory needs Linux")
 
 
 def trainable_model(source: str, device: str, threads: int):

@@ -4,9 +4,9 @@ peak memory and time of one learner step, same device, batch, threads and precis
 A step is what the SFT learner runs for a micro-batch (``rayalign.sft.loop._micro_step``: a
 forward, the loss over the scored rows, backward), then gradient clipping and an AdamW step.
 Each row runs in a fresh process: one warm-up step, then the mean of ``--steps`` timed steps.
-Memory is the process's peak resident set on CPU (weights, AdamW state and the step's
-activations together, so differences between rows are the step's), or the peak CUDA memory
-allocated on GPU. Weights are random with a real model's shapes (``--arch``); the large-vocabulary
+Memory is the peak over the timed steps: on CPU the process's resident set (weights, AdamW state
+and the step's tensors together, so differences between rows are the step's; glibc unmaps every
+freed tensor, ``EXACT_RSS_ENV``), on GPU the CUDA memory allocated. Weights are random with a real model's shapes (``--arch``); the large-vocabulary
 shapes are where chunking matters. The ratios are against ``--loss-chunk 0`` measured in the same run.
 
     python benchmarks/sft_head_loss.py [--device cpu|cuda] [--arch gemma3-270m] [--chunks 0,1024,4096]
@@ -17,14 +17,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _common import ARCHS, packed_sft_batch, random_model, run_on_threads, table, time_steps, trainable_model  # noqa: E402
+from _common import (  # noqa: E402
+    ARCHS,
+    EXACT_RSS_ENV,
+    packed_sft_batch,
+    random_model,
+    run_on_threads,
+    table,
+    time_steps,
+    trainable_model,
+)
 
 
 def child(args) -> dict:
@@ -49,9 +57,7 @@ def child(args) -> dict:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    seconds, peak = time_steps(step, args.steps, args.device)
-    if peak is None:  # CPU: the process's peak resident set
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    seconds, peak = time_steps(step, args.steps, args.device, cpu_peak=True)
     return {
         "step_s": seconds,
         "peak_gib": peak,
@@ -73,7 +79,7 @@ def run(args) -> None:
                 *("--batch", str(args.batch), "--seq-len", str(args.seq_len), "--steps", str(args.steps)),
                 *("--precision", args.precision),
             ]
-            r = run_on_threads(script, child_args, args.threads, f"{arch} loss_chunk {chunk}")
+            r = run_on_threads(script, child_args, args.threads, f"{arch} loss_chunk {chunk}", EXACT_RSS_ENV)
             base = base or r
             scored = r["scored"]
             rows.append(

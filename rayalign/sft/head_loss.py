@@ -65,7 +65,7 @@ class _HeadCrossEntropy(torch.autograd.Function):
             if want_h:
                 grad_h[start : start + chunk] = (g @ w).to(hidden.dtype)
             if want_w:
-                grad_w += (g.T @ h).float()
+                grad_w.add_(g.T @ h)  # (V, H) in the compute dtype, accumulated in float32
         ctx.save_for_backward(grad_h, grad_w)
         ctx.weight_dtype = weight.dtype
         return total
@@ -73,6 +73,7 @@ class _HeadCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_total):
         grad_h, grad_w = ctx.saved_tensors
-        dh = grad_h * grad_total.to(grad_h.dtype) if grad_h is not None else None
-        dw = (grad_w * grad_total).to(ctx.weight_dtype) if grad_w is not None else None
+        # In place: the stored gradients are used once, and a (V, H) copy is what chunking saves memory for.
+        dh = grad_h.mul_(grad_total.to(grad_h.dtype)) if grad_h is not None else None
+        dw = grad_w.mul_(grad_total).to(ctx.weight_dtype) if grad_w is not None else None
         return dh, dw, None, None
