@@ -148,6 +148,23 @@ def packed_sft_batch(vocab: int, rows: int, example_len: int, prompt_len: int):
     return Batch(input_ids=ids, labels=labels, position_ids=positions, num_tokens=int(ids.numel()))
 
 
+def rl_batch(vocab: int, rows: int, prompt_len: int, completion_len: int):
+    """An RL micro-batch (``PolicyBatch``) of ``rows`` random prompts and completions of the given
+    lengths, advantages alternating +1 / -1, sampler log-probs -1."""
+    import random
+
+    from rayalign.rl.batch import pad_experiences
+    from rayalign.types import Experience
+
+    rng = random.Random(0)
+    experiences = []
+    for i in range(rows):
+        prompt = tuple(rng.randrange(3, vocab) for _ in range(prompt_len))
+        tokens = tuple(rng.randrange(3, vocab) for _ in range(completion_len))
+        experiences.append(Experience(f"p{i}", prompt, tokens, tuple(-1.0 for _ in tokens), (-1.0) ** i, 1.0))
+    return pad_experiences(experiences, 0)
+
+
 def time_steps(step, steps: int, device: str, *, cpu_peak: bool = False) -> tuple[float, float | None]:
     """Mean seconds of ``steps`` calls of ``step`` after one warm-up call, and the peak GiB over the
     timed ones: allocated on CUDA; with ``cpu_peak`` on CPU, the process's peak resident set (Linux;

@@ -19,14 +19,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _common import ARCHS, packed_sft_batch, random_model, run_on_threads, table, time_steps, trainable_model  # noqa: E402
+from _common import (  # noqa: E402
+    ARCHS,
+    packed_sft_batch,
+    random_model,
+    rl_batch,
+    run_on_threads,
+    table,
+    time_steps,
+    trainable_model,
+)
 
 
 def _rl_step(model, reference, batch, optimizer, device: str, bf16: bool) -> None:
@@ -69,19 +77,6 @@ def _sft_step(model, batch, optimizer, device: str, bf16: bool) -> None:
     optimizer.zero_grad(set_to_none=True)
 
 
-def _rl_batch(vocab: int, batch: int, prompt_len: int, completion_len: int):
-    from rayalign.rl.batch import pad_experiences
-    from rayalign.types import Experience
-
-    rng = random.Random(0)
-    experiences = []
-    for i in range(batch):
-        prompt = tuple(rng.randrange(3, vocab) for _ in range(prompt_len))
-        tokens = tuple(rng.randrange(3, vocab) for _ in range(completion_len))
-        experiences.append(Experience(f"p{i}", prompt, tokens, tuple(-1.0 for _ in tokens), (-1.0) ** i, 1.0))
-    return pad_experiences(experiences, 0)
-
-
 def _sft_batch(vocab: int, batch: int, prompt_len: int, completion_len: int):
     """``batch`` rows as long as an RL row, each two examples of half the prompt and half the
     completion packed (restarting positions), loss on the completions."""
@@ -99,7 +94,7 @@ def child(args) -> dict:
     if args.kind == "rl":
         reference, _ = load_model(args.model, dtype="float32", device=args.device)
         reference.eval().requires_grad_(False)
-        batch = _rl_batch(vocab, args.batch, args.prompt_len, args.completion_len)
+        batch = rl_batch(vocab, args.batch, args.prompt_len, args.completion_len)
 
         def step():
             _rl_step(model, reference, batch, optimizer, args.device, bf16)

@@ -357,6 +357,11 @@ class RLConfig:
     """Optimizer steps over each step's rollouts (PPO epochs; >1 makes the ratio and clip matter)."""
     micro_batch_size: int = bounded(4, ge=1)
     """Completions per learner forward pass; prompts_per_step * group_size must split evenly."""
+    logprob_chunk: int = bounded(0, ge=0)
+    """Completion tokens whose logits exist at once in the learners' (and reference's) log-probs: the LM
+    head runs in chunks of this many tokens, and backward recomputes each chunk's logits; 0 = a whole
+    micro-batch at once. For large vocabularies (Gemma's 262k: 4 completions x 256 tokens are 1.1 GB of
+    float32 logits per copy). Not with ZeRO-3."""
     overlap: bool = False
     """Generate and judge step t+1 while learning step t (one step off-policy at most)."""
     sync: Literal["collective", "object_store"] = "collective"

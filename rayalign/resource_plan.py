@@ -187,6 +187,8 @@ def _check_learners(cfg: Config, origins: dict) -> None:
     s = cfg.sft
     if s.loss_chunk > 0 and s.learner.strategy == "deepspeed" and s.learner.zero_stage == 3:
         _fail("sft.loss_chunk needs the whole LM head on each learner: ZeRO-3 shards it", "sft.loss_chunk", origins)
+    if r.logprob_chunk > 0 and r.learner.strategy == "deepspeed" and r.learner.zero_stage == 3:
+        _fail("rl.logprob_chunk needs the whole LM head on each learner: ZeRO-3 shards it", "rl.logprob_chunk", origins)
     if r.lora_rank > 0 and r.sync != "collective":
         _fail("LoRA RL syncs the adapters only, by collective broadcast: use rl.sync: collective", "rl.sync", origins)
 

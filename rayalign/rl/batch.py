@@ -1,6 +1,6 @@
 """Experiences -> the tensors a learner trains on, and which prompts a step uses.
 
-Pure: stdlib and torch only (and rayalign.models' autocast context).
+Pure: stdlib and torch only (and rayalign.models' autocast context, rayalign.head's chunked head).
 
 A batch lays each sample out as ``[left padding, prompt, completion, right
 padding]`` so every completion starts at the same column ``P`` (the longest
@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from rayalign.head import decoder_output, head_token_logprobs, no_logits, output_head
 from rayalign.models import autocast
 from rayalign.types import Experience
 
@@ -125,22 +126,42 @@ def forward_logits(model, batch: PolicyBatch, device) -> torch.Tensor:
     return completion_logits(out.logits, batch)
 
 
-def reference_logprobs(reference, batch: PolicyBatch, device, *, bf16: bool = False) -> torch.Tensor:
-    """(B, T) log-probs of the completion tokens under the frozen reference (bf16: autocast on ``device``)."""
+def policy_logprobs(model, batch: PolicyBatch, device, chunk: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T) log-probs of the completion tokens (differentiable) and (B, T) entropies of the model's
+    next-token distributions there (nats, no gradient). With ``chunk``, the LM head runs ``chunk``
+    completion tokens at a time from the decoder's output (:mod:`rayalign.head`) and padding columns
+    read 0; without, from the (B, T, V) logits at once."""
+    ids = batch.completion_ids.to(device)
+    if not chunk:
+        logits = forward_logits(model, batch, device)
+        return token_logprobs(logits, ids), token_entropy(logits)
+    inputs = {k: getattr(batch, k).to(device) for k in ("input_ids", "attention_mask", "position_ids")}
+    hidden = decoder_output(model, lambda: model(**inputs, use_cache=False, **no_logits(device)))
+    start, width = batch.prompt_len - 1, ids.shape[1]
+    real = inputs["attention_mask"][:, batch.prompt_len :] > 0  # (B, T): completion tokens, not padding
+    logp, entropy = head_token_logprobs(
+        hidden[:, start : start + width][real], output_head(model).weight, ids[real], chunk
+    )
+    zeros = torch.zeros(ids.shape, dtype=torch.float32, device=device)
+    return zeros.masked_scatter(real, logp), zeros.masked_scatter(real, entropy)
+
+
+def reference_logprobs(reference, batch: PolicyBatch, device, *, bf16: bool = False, chunk: int = 0) -> torch.Tensor:
+    """(B, T) log-probs of the completion tokens under the frozen reference (bf16: autocast on ``device``;
+    ``chunk``: the head in chunks, as :func:`policy_logprobs`)."""
     with torch.no_grad(), autocast(device, bf16):
-        return token_logprobs(forward_logits(reference, batch, device), batch.completion_ids.to(device))
+        return policy_logprobs(reference, batch, device, chunk)[0]
 
 
-def entropy_sum(logits: torch.Tensor, mask: torch.Tensor) -> float:
-    """Sum over masked positions of the policy's entropy (nats), no gradient.
+def token_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """(B, T, V) -> (B, T) entropy of each position's distribution (nats), no gradient.
 
-    >>> round(entropy_sum(torch.zeros(1, 2, 4), torch.tensor([[1.0, 0.0]])), 4)  # log 4
-    1.3863
+    >>> token_entropy(torch.zeros(1, 2, 4)).tolist()[0] == [torch.log(torch.tensor(4.0)).item()] * 2
+    True
     """
     with torch.no_grad():
         logp = torch.log_softmax(logits.float(), dim=-1)  # (B, T, V)
-        h = -(logp.exp() * logp).sum(dim=-1)  # (B, T)
-        return float((h * mask).sum())
+        return -(logp.exp() * logp).sum(dim=-1)
 
 
 def step_prompt_indices(n_prompts: int, step: int, per_step: int, seed: int) -> list[int]:

@@ -15,16 +15,15 @@ from dataclasses import dataclass
 
 import torch
 
+from rayalign.head import check_plain_head
 from rayalign.learners import global_sum
 from rayalign.models import with_lora
 from rayalign.rl.batch import (
     PolicyBatch,
-    entropy_sum,
-    forward_logits,
     pad_experiences,
+    policy_logprobs,
     reference_logprobs,
     shard,
-    token_logprobs,
 )
 from rayalign.rl.job import RLJob
 from rayalign.rl.loss import policy_loss
@@ -110,7 +109,7 @@ def reference_for(reference, batch: PolicyBatch, device, job: RLJob) -> torch.Te
         return batch.ref_logprobs.to(device)
     if reference is None:
         raise RuntimeError("experiences came without reference log-probs and this learner holds no reference")
-    return reference_logprobs(reference, batch, device, bf16=job.bf16)
+    return reference_logprobs(reference, batch, device, bf16=job.bf16, chunk=job.cfg.rl.logprob_chunk)
 
 
 def behaviour_from_learner(r) -> bool:
@@ -129,8 +128,7 @@ def micro_step(m: MicroBatch, r, acc: defaultdict[str, float]):
 
     def run(model) -> torch.Tensor:
         device = m.ref.device
-        logits = forward_logits(model, m.batch, device)
-        logp = token_logprobs(logits, m.batch.completion_ids.to(device))  # (B, T)
+        logp, entropy = policy_logprobs(model, m.batch, device, r.logprob_chunk)  # (B, T) each
         if m.old is None:  # the optimizer has not stepped yet: this is the behaviour policy
             m.old = logp.detach()
         mask = m.batch.mask.to(device)
@@ -150,7 +148,7 @@ def micro_step(m: MicroBatch, r, acc: defaultdict[str, float]):
         acc["kl"] += out.kl * n_tokens
         acc["clip"] += out.clip_fraction * n_tokens
         acc["ratio"] += out.ratio_mean * n_tokens
-        acc["entropy"] += entropy_sum(logits, mask)
+        acc["entropy"] += float((entropy * mask).sum())
         return out.loss * m.weight
 
     return run
@@ -176,6 +174,8 @@ def build_models(job: RLJob, device):
     policy.config.use_cache = False
     if r.lora_rank > 0:
         policy = with_lora(policy, r.lora_rank, r.lora_alpha)
+    if r.logprob_chunk:
+        check_plain_head(policy, "rl.logprob_chunk")  # say so before training
     if job.reference is not None:
         return policy, None
     return policy, AdaptersOff(policy) if r.lora_rank > 0 else load_reference(job.model_path, device)
@@ -186,6 +186,11 @@ class AdaptersOff:
 
     def __init__(self, policy):
         self.policy = policy
+
+    @property
+    def module(self):
+        """The wrapped model, by the name DDP and DeepSpeed give it (for :mod:`rayalign.head`)."""
+        return self.policy
 
     def __call__(self, **inputs):
         with self.policy.disable_adapter():

@@ -40,6 +40,7 @@ class ReferenceScorer:
         threads: int,
         device: str = "cpu",
         bf16: bool = False,
+        logprob_chunk: int = 0,
     ):
         if device == "cpu":
             torch.set_num_threads(threads)
@@ -47,13 +48,15 @@ class ReferenceScorer:
         self.model = load_reference(model_path, self.device)
         self.micro_batch_size, self.pad_id = micro_batch_size, pad_id
         self.bf16 = bf16  # as the learners' reference forward: autocast when they train in bf16
+        self.logprob_chunk = logprob_chunk  # rl.logprob_chunk: the head in chunks, as the learners run it
 
     def score(self, experiences: Sequence[Experience]) -> list[tuple[float, ...]]:
         """(T,) reference log-probs of each experience's completion, in order."""
         scores: list[tuple[float, ...]] = []
         for i in range(0, len(experiences), self.micro_batch_size):
             chunk = experiences[i : i + self.micro_batch_size]
-            logp = reference_logprobs(self.model, pad_experiences(chunk, self.pad_id), self.device, bf16=self.bf16)
+            batch = pad_experiences(chunk, self.pad_id)
+            logp = reference_logprobs(self.model, batch, self.device, bf16=self.bf16, chunk=self.logprob_chunk)
             scores += [tuple(logp[j, : len(e.token_ids)].tolist()) for j, e in enumerate(chunk)]
         return scores
 

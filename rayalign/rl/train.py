@@ -148,5 +148,6 @@ def _reference_actor(cfg: Config, model_path: Path, pad_id: int):
             threads=ref.threads or cfg.model.threads,
             device="cuda" if gpu else "cpu",
             bf16=bf16,
+            logprob_chunk=cfg.rl.logprob_chunk,
         )
     )

@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 import ray
 import torch
 
-from rayalign.errors import ConfigError
+from rayalign.head import check_plain_head, decoder_output, head_loss_sum, no_logits, output_head
 from rayalign.learners import build_learner, global_sum
 from rayalign.models import load_tokenizer, with_lora
 from rayalign.sft.data import (
@@ -45,7 +45,6 @@ from rayalign.sft.data import (
     scored_positions,
     step_rows,
 )
-from rayalign.sft.head_loss import head_loss_sum
 from rayalign.training import (
     Progress,
     StepReporter,
@@ -141,7 +140,7 @@ def keeps_logits(model) -> bool:
 def _micro_step(batch: Batch, scale: float, device, totals: list[float], *, keep_logits: bool = True, chunk: int = 0):
     """The closure a learner runs for one micro-batch; records the unscaled loss sum. With ``keep_logits``
     the forward computes logits only where a label is scored (the prompts' are never used); with
-    ``chunk`` the LM head and its loss run ``chunk`` scored rows at a time (:mod:`rayalign.sft.head_loss`)."""
+    ``chunk`` the LM head and its loss run ``chunk`` scored rows at a time (:mod:`rayalign.head`)."""
 
     def run(model) -> torch.Tensor:
         labels = batch.labels.to(device)
@@ -159,41 +158,12 @@ def _micro_step(batch: Batch, scale: float, device, totals: list[float], *, keep
 
 
 def _chunked_loss_sum(model, inputs: dict, labels: torch.Tensor, chunk: int, *, keep_logits: bool) -> torch.Tensor:
-    """The summed loss from the decoder's hidden states and the head's weight, ``chunk`` rows at a time.
-    The forward still goes through ``model`` (DDP and DeepSpeed prepare their gradient hooks there),
-    asking for the logits of no position; a hook takes the decoder's output on the way."""
-    decoder, head = decoder_and_head(model)
-    captured: list[torch.Tensor] = []
-    hook = decoder.register_forward_hook(lambda _module, _args, out: captured.append(out[0]))
-    try:
-        none = {"logits_to_keep": torch.zeros(0, dtype=torch.long, device=labels.device)} if keep_logits else {}
-        model(**inputs, use_cache=False, **none)
-    finally:
-        hook.remove()
+    """The summed loss from the decoder's hidden states and the head's weight, ``chunk`` rows at a time."""
+    none = no_logits(labels.device) if keep_logits else {}
+    hidden = decoder_output(model, lambda: model(**inputs, use_cache=False, **none))
     shifted = next_token_labels(labels)
     scored = shifted != IGNORE_INDEX
-    return head_loss_sum(captured[0][scored], head.weight, shifted[scored], chunk)
-
-
-def decoder_and_head(model):
-    """The decoder (hidden states out) and output head of a Hugging Face causal LM, through DDP,
-    DeepSpeed and LoRA wrappers. Raises :class:`ConfigError` (``sft.loss_chunk``) for a model whose
-    logits are more than ``hidden @ head.weight.T`` (a bias, soft-capping, scaling)."""
-    inner = getattr(model, "module", model)
-    base = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
-    head, config = base.get_output_embeddings(), base.config.get_text_config()
-    extra = [k for k in ("final_logit_softcapping", "logit_scale") if getattr(config, k, None)]
-    if getattr(config, "logits_scaling", None) not in (None, 1.0):
-        extra.append("logits_scaling")
-    if getattr(head, "bias", None) is not None:
-        extra.append("head bias")
-    if extra:
-        raise ConfigError(
-            f"{type(base).__name__} computes its logits with more than the head's weight ({', '.join(extra)}); "
-            "set sft.loss_chunk: 0",
-            field="sft.loss_chunk",
-        )
-    return base.get_decoder(), head
+    return head_loss_sum(hidden[scored], output_head(model).weight, shifted[scored], chunk)
 
 
 def build_model(job: SFTJob):
@@ -279,7 +249,7 @@ def train_loop(config: dict) -> None:
     model = build_model(job)
     ctx_scale, keep_logits = context_scale(model), keeps_logits(model)
     if s.loss_chunk:
-        decoder_and_head(model)  # a model whose logits are more than hidden @ head.T: say so before training
+        check_plain_head(model, "sft.loss_chunk")  # say so before training
     settings = learner_settings(job, s.grad_accum, weight_decay=s.weight_decay, lora=s.lora_rank > 0)
     learner = build_learner(settings, model, world_size)
     fresh = TrainState(0, 0, job.fingerprint, world_size, job.steps_per_epoch)

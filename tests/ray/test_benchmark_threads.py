@@ -28,6 +28,7 @@ sft = _benchmark("sft_throughput")
 rl = _benchmark("rl_step")
 precision = _benchmark("learner_precision")
 head_loss = _benchmark("sft_head_loss")
+logprob_chunk = _benchmark("rl_logprob_chunk")
 
 SFT_ARGS = ["--model", "builtin:tiny", "--steps", "1", "--batch", "2", "--max-seq-len", "64", "--examples", "4"]
 SFT_ARGS += ["--cores", "2"]
@@ -71,6 +72,19 @@ def test_head_loss_rows_train_on_the_threads_they_claim_and_agree_on_the_loss(ti
     for result in (whole, chunked):
         assert result["threads"] == 2 and result["step_s"] > 0 and result["peak_gib"] > 0
     assert whole["scored"] == 2 * 2 * (16 - 4)  # 2 rows x 2 packed examples of 16 tokens, 4 of them prompt
+    assert chunked["loss"] == pytest.approx(whole["loss"], rel=1e-5)
+
+
+def test_logprob_chunk_rows_train_on_the_threads_they_claim_and_agree_on_the_loss(tiny_model):
+    script = str(REPO / "benchmarks" / "rl_logprob_chunk.py")
+    args = ["--model", "builtin:tiny", "--batch", "2", "--prompt-len", "8", "--completion-len", "16"]
+    args += ["--steps", "1", "--precision", "float32"]
+    whole, chunked = (
+        logprob_chunk.run_on_threads(script, [*args, "--logprob-chunk", str(chunk)], 2, f"logprob_chunk {chunk}")
+        for chunk in (0, 5)
+    )
+    for result in (whole, chunked):
+        assert result["threads"] == 2 and result["step_s"] > 0 and result["peak_gib"] > 0
     assert chunked["loss"] == pytest.approx(whole["loss"], rel=1e-5)
 
 

@@ -134,7 +134,9 @@ def test_resume_continues_at_the_step_and_data_position(rl_run, format_tuned_mod
 
 def test_lora_rl_trains_adapters_and_syncs_only_them(ray_cluster, format_tuned_model, tmp_path):
     prompts = write_prompts(tmp_path / "prompts.jsonl")
-    cfg = rl_config(tmp_path, prompts, format_tuned_model, "--rl.steps=2", "--rl.lora_rank=4", "--rl.lora_alpha=8")
+    # The LM head in chunks too (rl.logprob_chunk): the policy's and its adapters-off reference's log-probs.
+    lora = ("--rl.lora_rank=4", "--rl.lora_alpha=8", "--rl.logprob_chunk=16")
+    cfg = rl_config(tmp_path, prompts, format_tuned_model, "--rl.steps=2", *lora)
     result = run_rl(cfg, tmp_path / "rl", resume=False, log=lambda *_: None)
     assert result.steps == 2
     lines = step_lines(tmp_path)

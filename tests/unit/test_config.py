@@ -146,6 +146,9 @@ def test_learner_layouts_that_cannot_run_name_file_line_and_key(tmp_path):
     with pytest.raises(ConfigError, match="sft.loss_chunk: sft.loss_chunk needs the whole LM head .* ZeRO-3"):
         load_config(None, ["--sft.loss_chunk=512", "--sft.learner.strategy=deepspeed", "--sft.learner.zero_stage=3"])
     assert load_config(None, ["--sft.loss_chunk=512", "--sft.learner.zero_stage=2"]).sft.loss_chunk == 512
+    with pytest.raises(ConfigError, match="rl.logprob_chunk: rl.logprob_chunk needs the whole LM head .* ZeRO-3"):
+        load_config(None, ["--rl.logprob_chunk=512", "--rl.learner.strategy=deepspeed", "--rl.learner.zero_stage=3"])
+    assert load_config(None, ["--rl.logprob_chunk=512", "--rl.learner.zero_stage=2"]).rl.logprob_chunk == 512
     with pytest.raises(ConfigError, match="rl.sync: LoRA RL syncs the adapters only, by collective broadcast"):
         load_config(None, ["--rl.lora_rank=8", "--rl.sync=object_store"])
     assert load_config(None, ["--rl.lora_rank=8"]).rl.sync == "collective"

@@ -11,11 +11,11 @@ import torch
 from rayalign.judge.rubric import load_templates, render_judge_messages
 from rayalign.rl.batch import (
     completion_logits,
-    entropy_sum,
     logits_to_keep,
     pad_experiences,
     shard,
     step_prompt_indices,
+    token_entropy,
     token_logprobs,
 )
 from rayalign.rl.reward import judge_requests
@@ -70,10 +70,10 @@ def test_token_logprobs_by_hand():
     assert got[0].tolist() == pytest.approx([math.log(0.25), math.log(0.75)])
 
 
-def test_entropy_counts_masked_positions_only():
+def test_entropy_by_hand():
     # Uniform over 2 tokens: log 2 nats; (1/4, 3/4): 1/4 log 4 + 3/4 log(4/3) = 0.5623.
-    logits = torch.tensor([[[0.0, 0.0], [0.0, math.log(3.0)], [5.0, -5.0]]])
-    assert entropy_sum(logits, torch.tensor([[1.0, 1.0, 0.0]])) == pytest.approx(math.log(2) + 0.5623, abs=1e-4)
+    logits = torch.tensor([[[0.0, 0.0], [0.0, math.log(3.0)]]])
+    assert token_entropy(logits)[0].tolist() == pytest.approx([math.log(2), 0.5623], abs=1e-4)
 
 
 def test_data_position_visits_every_prompt_once_per_epoch():

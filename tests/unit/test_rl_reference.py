@@ -53,6 +53,13 @@ def test_the_scorer_equals_the_learners_reference_forward(scorer, tiny_model):
             assert torch.allclose(torch.tensor(by_id[e.prompt_id]), torch.tensor(ref), atol=1e-5, rtol=0)
 
 
+def test_a_scorer_with_the_head_in_chunks_gives_the_same_scores(scorer, tiny_model):
+    chunked = ReferenceScorer(str(resolve_model(tiny_model)), micro_batch_size=4, pad_id=0, threads=1, logprob_chunk=5)
+    experiences = _experiences(8, chunked.model.config.vocab_size)
+    for got, want in zip(chunked.score(experiences), scorer.score(experiences)):
+        assert torch.allclose(torch.tensor(got), torch.tensor(want), atol=1e-5, rtol=0)
+
+
 def test_a_batch_with_scores_skips_the_learners_reference(scorer):
     experiences = _experiences(4, 100)
     scored = with_reference(experiences, scorer.score(experiences))
