@@ -148,6 +148,23 @@ def packed_sft_batch(vocab: int, rows: int, example_len: int, prompt_len: int):
     return Batch(input_ids=ids, labels=labels, position_ids=positions, num_tokens=int(ids.numel()))
 
 
+def chunk_rows(script: str, archs: str, chunks: str, flag: str, child_args: list[str], threads: int, whole: str):
+    """Table rows [shapes, chunk, s / step, speed vs the first chunk, peak GiB, GiB saved, loss] of a
+    benchmark that runs its child once per (arch, chunk) under :data:`EXACT_RSS_ENV`, and the last
+    child's result; the first chunk of ``chunks`` (comma-separated; 0 reads ``whole``) is each arch's
+    baseline."""
+    rows, r = [], {}
+    for arch in archs.split(","):
+        model, base = random_model(arch), None
+        for chunk in (int(c) for c in chunks.split(",")):
+            args = ["--model", model, flag, str(chunk), *child_args]
+            r = run_on_threads(script, args, threads, f"{arch} {flag} {chunk}", EXACT_RSS_ENV)
+            base = base or r
+            speed, saved = f"{base['step_s'] / r['step_s']:.2f}x", f"{base['peak_gib'] - r['peak_gib']:.2f}"
+            rows.append([arch, chunk or whole, r["step_s"], speed, r["peak_gib"], saved, f"{r['loss']:.5f}"])
+    return rows, r
+
+
 def rl_batch(vocab: int, rows: int, prompt_len: int, completion_len: int):
     """An RL micro-batch (``PolicyBatch``) of ``rows`` random prompts and completions of the given
     lengths, advantages alternating +1 / -1, sampler log-probs -1."""

@@ -27,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _common import ARCHS, EXACT_RSS_ENV, random_model, rl_batch, run_on_threads, table, time_steps, trainable_model  # noqa: E402
+from _common import ARCHS, chunk_rows, rl_batch, table, time_steps, trainable_model  # noqa: E402
 
 
 def child(args) -> dict:
@@ -62,31 +62,14 @@ def child(args) -> dict:
 
 
 def run(args) -> None:
+    child_args = [
+        *("--device", args.device, "--batch", str(args.batch), "--prompt-len", str(args.prompt_len)),
+        *("--completion-len", str(args.completion_len), "--steps", str(args.steps), "--precision", args.precision),
+    ]
     script = str(Path(__file__).resolve())
-    rows = []
-    for arch in args.arch.split(","):
-        model = random_model(arch)
-        base = None
-        for chunk in (int(c) for c in args.chunks.split(",")):
-            child_args = [
-                *("--model", model, "--device", args.device, "--logprob-chunk", str(chunk)),
-                *("--batch", str(args.batch), "--prompt-len", str(args.prompt_len)),
-                *("--completion-len", str(args.completion_len), "--steps", str(args.steps)),
-                *("--precision", args.precision),
-            ]
-            r = run_on_threads(script, child_args, args.threads, f"{arch} logprob_chunk {chunk}", EXACT_RSS_ENV)
-            base = base or r
-            rows.append(
-                [
-                    arch,
-                    chunk or "whole vocabulary",
-                    r["step_s"],
-                    f"{base['step_s'] / r['step_s']:.2f}x",
-                    r["peak_gib"],
-                    f"{base['peak_gib'] - r['peak_gib']:.2f}",
-                    f"{r['loss']:.5f}",
-                ]
-            )
+    rows, _ = chunk_rows(
+        script, args.arch, args.chunks, "--logprob-chunk", child_args, args.threads, "whole vocabulary"
+    )
     print(
         f"device {args.device}, {args.threads} torch threads, {args.precision}, {args.batch} completions of "
         f"{args.completion_len} tokens after {args.prompt_len}-token prompts, mean of {args.steps} steps after 1 warm-up"

@@ -23,16 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _common import (  # noqa: E402
-    ARCHS,
-    EXACT_RSS_ENV,
-    packed_sft_batch,
-    random_model,
-    run_on_threads,
-    table,
-    time_steps,
-    trainable_model,
-)
+from _common import ARCHS, chunk_rows, packed_sft_batch, table, time_steps, trainable_model  # noqa: E402
 
 
 def child(args) -> dict:
@@ -68,34 +59,15 @@ def child(args) -> dict:
 
 
 def run(args) -> None:
+    child_args = [
+        *("--device", args.device, "--batch", str(args.batch), "--seq-len", str(args.seq_len)),
+        *("--steps", str(args.steps), "--precision", args.precision),
+    ]
     script = str(Path(__file__).resolve())
-    rows, scored = [], 0
-    for arch in args.arch.split(","):
-        model = random_model(arch)
-        base = None
-        for chunk in (int(c) for c in args.chunks.split(",")):
-            child_args = [
-                *("--model", model, "--device", args.device, "--loss-chunk", str(chunk)),
-                *("--batch", str(args.batch), "--seq-len", str(args.seq_len), "--steps", str(args.steps)),
-                *("--precision", args.precision),
-            ]
-            r = run_on_threads(script, child_args, args.threads, f"{arch} loss_chunk {chunk}", EXACT_RSS_ENV)
-            base = base or r
-            scored = r["scored"]
-            rows.append(
-                [
-                    arch,
-                    chunk or "all rows",
-                    r["step_s"],
-                    f"{base['step_s'] / r['step_s']:.2f}x",
-                    r["peak_gib"],
-                    f"{base['peak_gib'] - r['peak_gib']:.2f}",
-                    f"{r['loss']:.4f}",
-                ]
-            )
+    rows, last = chunk_rows(script, args.arch, args.chunks, "--loss-chunk", child_args, args.threads, "all rows")
     print(
         f"device {args.device}, {args.threads} torch threads, {args.precision}, batch {args.batch} x "
-        f"{args.seq_len} tokens ({scored} scored), mean of {args.steps} steps after 1 warm-up"
+        f"{args.seq_len} tokens ({last['scored']} scored), mean of {args.steps} steps after 1 warm-up"
     )
     headers = ["shapes", "sft.loss_chunk", "s / step", "speed vs all rows", "peak GiB", "GiB saved", "loss"]
     print(table(headers, rows))
