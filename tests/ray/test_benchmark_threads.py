@@ -27,8 +27,7 @@ def _benchmark(name: str):
 sft = _benchmark("sft_throughput")
 rl = _benchmark("rl_step")
 precision = _benchmark("learner_precision")
-head_loss = _benchmark("sft_head_loss")
-logprob_chunk = _benchmark("rl_logprob_chunk")
+common = _benchmark("_common")
 
 SFT_ARGS = ["--model", "builtin:tiny", "--steps", "1", "--batch", "2", "--max-seq-len", "64", "--examples", "4"]
 SFT_ARGS += ["--cores", "2"]
@@ -66,7 +65,7 @@ def test_head_loss_rows_train_on_the_threads_they_claim_and_agree_on_the_loss(ti
     script = str(REPO / "benchmarks" / "sft_head_loss.py")
     args = ["--model", "builtin:tiny", "--batch", "2", "--seq-len", "32", "--steps", "1", "--precision", "float32"]
     whole, chunked = (
-        head_loss.run_on_threads(script, [*args, "--loss-chunk", str(chunk)], 2, f"loss_chunk {chunk}")
+        common.run_on_threads(script, [*args, "--loss-chunk", str(chunk)], 2, f"loss_chunk {chunk}")
         for chunk in (0, 16)
     )
     for result in (whole, chunked):
@@ -80,7 +79,7 @@ def test_logprob_chunk_rows_train_on_the_threads_they_claim_and_agree_on_the_los
     args = ["--model", "builtin:tiny", "--batch", "2", "--prompt-len", "8", "--completion-len", "16"]
     args += ["--steps", "1", "--precision", "float32"]
     whole, chunked = (
-        logprob_chunk.run_on_threads(script, [*args, "--logprob-chunk", str(chunk)], 2, f"logprob_chunk {chunk}")
+        common.run_on_threads(script, [*args, "--logprob-chunk", str(chunk)], 2, f"logprob_chunk {chunk}")
         for chunk in (0, 5)
     )
     for result in (whole, chunked):
