@@ -182,6 +182,30 @@ def rl_batch(vocab: int, rows: int, prompt_len: int, completion_len: int):
     return pad_experiences(experiences, 0)
 
 
+def rl_learner_step(model, reference, batch, optimizer, device: str, bf16: bool, rl) -> float:
+    """One RL learner step as rayalign's learners take it; its loss. The frozen reference's log-probs,
+    the learners' own closure (``rayalign.rl.learn.micro_step``: the policy's token log-probs and
+    entropies, the clipped loss with the KL penalty) under autocast, backward, clip, AdamW.
+    ``rl`` is an ``RLConfig`` (its ``logprob_chunk``, ``clip_eps``, ``kl_coef``)."""
+    from collections import defaultdict
+
+    import torch
+
+    from rayalign.models import autocast
+    from rayalign.rl.batch import reference_logprobs
+    from rayalign.rl.learn import MicroBatch, micro_step
+
+    ref = reference_logprobs(reference, batch, device, bf16=bf16, chunk=rl.logprob_chunk)
+    m = MicroBatch(batch, ref, batch.old_logprobs.to(device), weight=1.0)
+    with autocast(device, bf16):
+        loss = micro_step(m, rl, defaultdict(float))(model)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(loss.detach())
+
+
 def time_steps(step, steps: int, device: str, *, cpu_peak: bool = False) -> tuple[float, float | None]:
     """Mean seconds of ``steps`` calls of ``step`` after one warm-up call, and the peak GiB over the
     timed ones: allocated on CUDA; with ``cpu_peak`` on CPU, the process's peak resident set (Linux;

@@ -2,9 +2,9 @@
 (what ``model.dtype: bfloat16``, and ``auto`` on GPUs and on CPUs with native bf16, gives the SFT
 and RL learners), on the same device, the same batch, the same threads.
 
-A step is the learners' own math from rayalign: RL is the reference's forward (no gradient), the
-policy's forward at the completion positions (``forward_logits``), ``token_logprobs``,
-``policy_loss``, backward and an AdamW step; SFT is a forward over packed rows with logits at the
+A step is the learners' own math from rayalign: RL is the reference's log-probs (no gradient), the
+learners' closure (``rayalign.rl.learn.micro_step``: the policy's token log-probs and entropies,
+``policy_loss``), backward and an AdamW step; SFT is a forward over packed rows with logits at the
 scored positions only (``scored_positions``, ``loss_sum``), backward and an AdamW step. Each row
 runs in a fresh process: one warm-up step, then the mean of ``--steps`` timed steps; on CUDA the
 peak memory the process allocated is reported. Weights are random with a real model's shapes
@@ -30,29 +30,12 @@ from _common import (  # noqa: E402
     packed_sft_batch,
     random_model,
     rl_batch,
+    rl_learner_step,
     run_on_threads,
     table,
     time_steps,
     trainable_model,
 )
-
-
-def _rl_step(model, reference, batch, optimizer, device: str, bf16: bool) -> None:
-    import torch
-
-    from rayalign.models import autocast
-    from rayalign.rl.batch import forward_logits, reference_logprobs, token_logprobs
-    from rayalign.rl.loss import policy_loss
-
-    ref = reference_logprobs(reference, batch, device, bf16=bf16)
-    completion_ids, mask = batch.completion_ids.to(device), batch.mask.to(device)
-    with autocast(device, bf16):
-        logp = token_logprobs(forward_logits(model, batch, device), completion_ids)
-    out = policy_loss(logp, logp.detach(), ref, batch.advantages.to(device), mask, clip_eps=0.2, kl_coef=0.05)
-    out.loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
 
 
 def _sft_step(model, batch, optimizer, device: str, bf16: bool) -> None:
@@ -86,6 +69,7 @@ def _sft_batch(vocab: int, batch: int, prompt_len: int, completion_len: int):
 def child(args) -> dict:
     import torch
 
+    from rayalign.config import load_config
     from rayalign.models import load_model
 
     bf16 = args.precision == "bf16-autocast"
@@ -96,8 +80,10 @@ def child(args) -> dict:
         reference.eval().requires_grad_(False)
         batch = rl_batch(vocab, args.batch, args.prompt_len, args.completion_len)
 
+        rl = load_config(None, []).rl
+
         def step():
-            _rl_step(model, reference, batch, optimizer, args.device, bf16)
+            rl_learner_step(model, reference, batch, optimizer, args.device, bf16, rl)
     else:
         batch = _sft_batch(vocab, args.batch, args.prompt_len, args.completion_len)
 

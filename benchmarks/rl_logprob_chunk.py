@@ -21,22 +21,19 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _common import ARCHS, chunk_rows, rl_batch, table, time_steps, trainable_model  # noqa: E402
+from _common import ARCHS, chunk_rows, rl_batch, rl_learner_step, table, time_steps, trainable_model  # noqa: E402
 
 
 def child(args) -> dict:
     import torch
 
     from rayalign.config import load_config
-    from rayalign.models import autocast, load_model
-    from rayalign.rl.batch import reference_logprobs
-    from rayalign.rl.learn import MicroBatch, micro_step
+    from rayalign.models import load_model
 
     bf16 = args.precision == "bf16-autocast"
     r = load_config(None, [f"--rl.logprob_chunk={args.logprob_chunk}"]).rl
@@ -47,15 +44,7 @@ def child(args) -> dict:
     losses: list[float] = []
 
     def step():
-        ref = reference_logprobs(reference, batch, args.device, bf16=bf16, chunk=r.logprob_chunk)
-        m = MicroBatch(batch, ref, batch.old_logprobs.to(args.device), weight=1.0)
-        with autocast(args.device, bf16):
-            loss = micro_step(m, r, defaultdict(float))(model)
-        loss.backward()
-        losses.append(float(loss.detach()))
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        losses.append(rl_learner_step(model, reference, batch, optimizer, args.device, bf16, r))
 
     seconds, peak = time_steps(step, args.steps, args.device, cpu_peak=True)
     return {"step_s": seconds, "peak_gib": peak, "loss": losses[0], "threads": torch.get_num_threads()}

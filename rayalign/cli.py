@@ -145,6 +145,19 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+def _cmd_probe(args) -> int:
+    from rayalign.config import load_config
+    from rayalign.eval.probe import report, run_probe, write_probe
+    from rayalign.runs import RunLayout
+
+    cfg = load_config(args.config, args.overrides)
+    result = run_probe(cfg, model=args.model, benchmarks=args.benchmark, limit=args.limit, folds=args.folds, l2=args.l2)
+    out = write_probe(result, args.out or RunLayout.of(cfg).root / "probe")
+    print(report(result).split("\n\n| layer")[0])
+    print(f"table: {out / 'probe.md'}")
+    return 0
+
+
 def _cmd_run(args) -> int:
     from rayalign.pipeline import STAGES, parse_stages, run_pipeline
 
@@ -388,6 +401,17 @@ def _add_eval(sub) -> None:
     p.add_argument("--out", help="output directory (default: <tracking.run_dir>/eval)")
     p.add_argument("--enforce-format", action="store_true", help="constrain decoding to the <think> format")
     p.set_defaults(func=_cmd_eval)
+
+    help = "fit a linear probe on the model's features of the training prompts; read it on the eval's (minutes)"
+    p = sub.add_parser("probe", help=help, description=help)
+    _add_config_args(p)
+    p.add_argument("--model", help="model source (default: model.policy)")
+    p.add_argument("--benchmark", action="append", default=[], help="name:path, repeatable (default: eval.benchmarks)")
+    p.add_argument("--limit", type=int, help="at most N prompts per benchmark, round-robin (default: eval.limit)")
+    p.add_argument("--folds", type=int, default=5, help="folds of the probe fitted within the eval prompts")
+    p.add_argument("--l2", type=float, default=1e-2, help="the probe's L2 penalty (features standardised)")
+    p.add_argument("--out", help="output directory (default: <tracking.run_dir>/probe)")
+    p.set_defaults(func=_cmd_probe)
 
 
 def _add_judge(sub) -> None:
