@@ -30,11 +30,12 @@ import torch
 from rayalign.config import Config
 from rayalign.datafiles import write_atomic
 from rayalign.errors import ConfigError
-from rayalign.eval.loaders import load_benchmark
+from rayalign.eval.run import load_eval_prompts
 from rayalign.eval.separability import Separation, cross_scores, fit_probe, separation
+from rayalign.head import no_logits
 from rayalign.models import chat_prompt, load_model
 from rayalign.spec import load_spec
-from rayalign.stage1.prompts import limit_prompts, training_prompts
+from rayalign.stage1.prompts import training_prompts
 from rayalign.types import Prompt
 
 POOLS = ("last", "mean")
@@ -79,7 +80,10 @@ def twin_group(prompt_id: str) -> str:
 
 @torch.no_grad()
 def prompt_features(model, tokenizer, prompts: Sequence[Prompt], batch_size: int = 16) -> torch.Tensor:
-    """(N, layers + 1, 2, H) float32: per layer, the last prompt token's and the prompt's mean hidden state."""
+    """(N, layers + 1, 2, H) float32: per layer, the last prompt token's and the prompt's mean hidden state.
+
+    Right-padded batches under an attention mask (a causal model's states at real tokens do not see the
+    padding); no logits are computed (a 262k-token vocabulary would dwarf the states)."""
     device = next(model.parameters()).device
     out = []
     for start in range(0, len(prompts), batch_size):
@@ -90,7 +94,9 @@ def prompt_features(model, tokenizer, prompts: Sequence[Prompt], batch_size: int
         mask = torch.zeros(len(batch), width, dtype=torch.long)
         for i, row in enumerate(batch):
             ids[i, : len(row)], mask[i, : len(row)] = torch.tensor(row), 1
-        hidden = model(input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=True)
+        hidden = model(
+            input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=True, **no_logits(device)
+        )
         states = torch.stack(hidden.hidden_states, 1).float().cpu()  # (B, layers + 1, T, H)
         last = mask.sum(1) - 1
         m = mask[:, None, :, None].float()
@@ -114,16 +120,6 @@ def probe_rows(
     return rows
 
 
-def eval_prompts(cfg: Config, benchmarks: Sequence[str], limit: int | None) -> list[Prompt]:
-    specs = list(benchmarks) or list(cfg.eval.benchmarks)
-    if not specs:
-        raise ConfigError("no benchmarks: pass --benchmark or set eval.benchmarks", field="eval.benchmarks")
-    prompts: list[Prompt] = []
-    for spec in specs:
-        prompts += limit_prompts(load_benchmark(spec)[1], cfg.eval.limit if limit is None else limit)
-    return prompts
-
-
 def run_probe(
     cfg: Config,
     *,
@@ -135,18 +131,20 @@ def run_probe(
 ) -> ProbeResult:
     start = time.perf_counter()
     train, y_train = labelled(training_prompts(cfg, load_spec(cfg.spec.path))[0])
-    held, y_held = labelled(eval_prompts(cfg, benchmarks, limit))
-    for name, y in (("training prompts (data.prompts)", y_train), ("eval prompts", y_held)):
+    names, prompts = load_eval_prompts(
+        list(benchmarks) or cfg.eval.benchmarks, cfg.eval.limit if limit is None else limit
+    )
+    held, y_held = labelled(prompts)
+    for field, y in (("data.prompts", y_train), ("eval.benchmarks", y_held)):
         if not (y > 0).any() or not (y <= 0).any():
-            raise ConfigError(f"the {name} need refuse- and comply-labelled prompts", field="data.prompts")
+            raise ConfigError("a probe needs refuse- and comply-labelled prompts (expected)", field=field)
     source = model or cfg.model.policy
     device = "cuda" if torch.cuda.is_available() else "cpu"
     net, tokenizer = load_model(source, dtype=cfg.model.dtype, threads=cfg.model.threads, device=device)
     x_train, x_held = prompt_features(net, tokenizer, train), prompt_features(net, tokenizer, held)
     groups = [twin_group(p.id) for p in held]
     rows = probe_rows(x_train, y_train, x_held, y_held, groups, folds, l2)
-    names = tuple(sorted({p.source for p in held}))
-    return ProbeResult(source, len(train), len(held), names, folds, l2, time.perf_counter() - start, tuple(rows))
+    return ProbeResult(source, len(train), len(held), tuple(names), folds, l2, time.perf_counter() - start, tuple(rows))
 
 
 def _cells(s: Separation) -> str:

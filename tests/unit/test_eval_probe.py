@@ -90,3 +90,15 @@ def test_the_command_writes_every_layer_and_both_poolings(tiny_model, tmp_path, 
     out = capsys.readouterr().out
     assert "Best transfer" in out and "The last layer's last token" in out
     assert "| layer | pool |" in (tmp_path / "run" / "probe" / "probe.md").read_text()
+
+
+def test_eval_prompts_of_one_label_fail_before_the_model_loads(tmp_path):
+    import pytest
+
+    from rayalign.config import load_config
+    from rayalign.errors import ConfigError
+    from rayalign.eval.probe import run_probe
+
+    cfg = load_config(None, ["--data.prompts=[builtin:mix-train]", "--data.max_prompts=40"])
+    with pytest.raises(ConfigError, match="eval.benchmarks.*refuse- and comply-labelled"):
+        run_probe(cfg, model=str(tmp_path / "no-model"), benchmarks=["builtin:jbb-harmful"], limit=5)
