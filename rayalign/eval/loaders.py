@@ -479,3 +479,22 @@ def prompts_from_records(records: Iterable[Mapping[str, Any]], *, source: str, f
     for i, record in enumerate(records):
         _add_record(out, record, row=i, line=i + 1, keep_category=False)
     return out.prompts
+
+
+def load_eval_prompts(benchmarks: Sequence[str], limit: int = 0) -> tuple[list[str], list[Prompt]]:
+    """(benchmark names, prompts): each ``name:path`` loaded, at most ``limit`` prompts
+    from each (round-robin over categories; 0 = all)."""
+    from rayalign.eval.targets import EvalError
+    from rayalign.stage1.prompts import limit_prompts  # reads benchmarks through this module
+
+    if not benchmarks:
+        raise EvalError("no benchmarks: pass name:path benchmarks or set eval.benchmarks", field="eval.benchmarks")
+    names, prompts, seen = [], [], set()
+    for i, spec in enumerate(benchmarks):
+        name, loaded = load_benchmark(spec)
+        if seen & {p.id for p in loaded}:
+            raise EvalError(f"benchmark {spec!r} repeats prompt ids of an earlier one", field=f"benchmarks[{i}]")
+        seen |= {p.id for p in loaded}
+        names.append(name)
+        prompts += limit_prompts(loaded, limit)
+    return names, prompts

@@ -36,7 +36,7 @@ from rayalign.config import Config
 from rayalign.datafiles import write_atomic
 from rayalign.eval.answers import NOT_JUDGED, EvalAnswer, score_answer
 from rayalign.eval.behaviour import BehaviourRow, Observed, behaviour_rows
-from rayalign.eval.loaders import load_benchmark
+from rayalign.eval.loaders import load_eval_prompts
 from rayalign.eval.metrics import MetricResult, summarize
 from rayalign.eval.report import TargetMetrics, judge_label, log_samples, write_report
 from rayalign.eval.sampling import EvalContext, Sampled, file_name, sample_target
@@ -50,9 +50,8 @@ from rayalign.rollout.engine import sampling_settings
 from rayalign.runs import RunLayout
 from rayalign.spec import load_spec
 from rayalign.stage1.conditioning import load_generation_templates
-from rayalign.stage1.prompts import limit_prompts
 from rayalign.tracking import Tracker
-from rayalign.types import JudgeRequest, Prompt, Verdict, to_dict, to_json
+from rayalign.types import JudgeRequest, Verdict, to_dict, to_json
 
 # ------------------------------------------------------------------ records
 
@@ -103,22 +102,6 @@ class EvalResult:
 
 
 # ------------------------------------------------------------------ the driver
-
-
-def load_eval_prompts(benchmarks: Sequence[str], limit: int = 0) -> tuple[list[str], list[Prompt]]:
-    """(benchmark names, prompts): each ``name:path`` loaded, at most ``limit`` prompts
-    from each (round-robin over categories; 0 = all)."""
-    if not benchmarks:
-        raise EvalError("no benchmarks: pass name:path benchmarks or set eval.benchmarks", field="eval.benchmarks")
-    names, prompts, seen = [], [], set()
-    for i, spec in enumerate(benchmarks):
-        name, loaded = load_benchmark(spec)
-        if seen & {p.id for p in loaded}:
-            raise EvalError(f"benchmark {spec!r} repeats prompt ids of an earlier one", field=f"benchmarks[{i}]")
-        seen |= {p.id for p in loaded}
-        names.append(name)
-        prompts += limit_prompts(loaded, limit)
-    return names, prompts
 
 
 def run_eval(
