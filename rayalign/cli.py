@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 from rayalign.errors import RayalignError
+from rayalign.judge.commands import add_judge_commands
 
 
 def _cmd_spec_validate(args) -> int:
@@ -151,7 +151,7 @@ def _cmd_probe(args) -> int:
     from rayalign.runs import RunLayout
 
     cfg = load_config(args.config, args.overrides)
-    result = run_probe(cfg, model=args.model, benchmarks=args.benchmark, limit=args.limit, folds=args.folds, l2=args.l2)
+    result = run_probe(cfg, model=args.model, benchmarks=args.benchmark, limit=args.limit)
     out = write_probe(result, args.out or RunLayout.of(cfg).root / "probe")
     print(report(result).split("\n\n| layer")[0])
     print(f"table: {out / 'probe.md'}")
@@ -166,97 +166,6 @@ def _cmd_run(args) -> int:
     done = run_pipeline(args.config, args.overrides, stages, force=args.force)
     ran = ", ".join(f"{s.stage} {s.seconds:.0f}s" if s.seconds else f"{s.stage} (skipped)" for s in done)
     print(f"[run] {len(done)} stages done in {time.perf_counter() - start:.0f}s: {ran}")
-    return 0
-
-
-def _judge_config(args):
-    from rayalign.config import load_config
-
-    return load_config(args.config, args.overrides)
-
-
-def _cmd_judge_serve(args) -> int:
-    from rayalign.cluster import init_ray
-    from rayalign.judge.service import start_judge
-
-    cfg = _judge_config(args)
-    init_ray(cfg.cluster)
-    endpoint = start_judge(cfg)
-    print(f"judge serving at {endpoint.url}/v1/judge (OpenAPI: {endpoint.url}/docs); Ctrl-C stops", flush=True)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        return 0
-
-
-def _score_with_service(cfg, requests):
-    import asyncio
-
-    from rayalign.cluster import init_ray
-    from rayalign.judge.service import judge_session
-
-    init_ray(cfg.cluster)
-    with judge_session(cfg) as client:
-        return asyncio.run(client.score(requests))
-
-
-def _cmd_judge_score(args) -> int:
-    from rayalign.judge.requests import read_requests
-    from rayalign.types import to_json
-
-    cfg = _judge_config(args)
-    requests = read_requests(args.file)
-    verdicts = _score_with_service(cfg, requests)
-    lines = [to_json(v) for v in verdicts]
-    if args.out:
-        Path(args.out).write_text("\n".join(lines) + "\n", encoding="utf-8")
-    else:
-        print("\n".join(lines))
-    ok = sum(v.status == "ok" for v in verdicts)
-    print(f"scored {len(verdicts)}: {ok} ok, {len(verdicts) - ok} unscorable", file=sys.stderr)
-    return 0
-
-
-def _cmd_judge_injection(args) -> int:
-    from rayalign.judge.injection import load_cases, report, requests_for
-
-    cfg = _judge_config(args)
-    cases = load_cases(args.cases)
-    triples = [requests_for(c) for c in cases]
-    verdicts = _score_with_service(cfg, [r for triple in triples for r in triple])
-    print(report(cases, verdicts[0::3], verdicts[1::3], args.tolerance, repeat=verdicts[2::3]))
-    return 0
-
-
-def _cmd_judge_eval(args) -> int:
-    from rayalign.judge.calibration import (
-        calibrate,
-        format_report,
-        judge_requests,
-        read_labelled,
-        read_moderation,
-    )
-    from rayalign.spec import load_spec
-
-    cfg = _judge_config(args)
-    spec = load_spec(cfg.spec.path)
-    if args.format == "moderation":
-        examples = read_moderation(args.file)
-    else:
-        examples = read_labelled(args.file, categories=spec.category_ids)
-    if args.limit:
-        examples = examples[: args.limit]
-    verdicts = _score_with_service(cfg, judge_requests(examples))
-    print(format_report(calibrate(examples, verdicts, args.threshold)))
-    return 0
-
-
-def _cmd_judge_detector_eval(args) -> int:
-    from rayalign.judge.calibration import detector_calibration, format_detector_report, read_pyrit_refusal
-
-    examples = [e for file in args.files for e in read_pyrit_refusal(file)]
-    print(format_detector_report(detector_calibration(examples)))
     return 0
 
 
@@ -290,8 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="worker output on the console (any command)")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_spec, _add_config, _add_model, _add_stages, _add_run, _add_eval, _add_judge, _add_tools):
+    for add in (_add_spec, _add_config, _add_model, _add_stages, _add_run, _add_eval):
         add(sub)
+    add_judge_commands(sub, _add_config_args)
+    _add_tools(sub)
     return parser
 
 
@@ -408,56 +319,8 @@ def _add_eval(sub) -> None:
     p.add_argument("--model", help="model source (default: model.policy)")
     p.add_argument("--benchmark", action="append", default=[], help="name:path, repeatable (default: eval.benchmarks)")
     p.add_argument("--limit", type=int, help="at most N prompts per benchmark, round-robin (default: eval.limit)")
-    p.add_argument("--folds", type=int, default=5, help="folds of the probe fitted within the eval prompts")
-    p.add_argument("--l2", type=float, default=1e-2, help="the probe's L2 penalty (features standardised)")
     p.add_argument("--out", help="output directory (default: <tracking.run_dir>/probe)")
     p.set_defaults(func=_cmd_probe)
-
-
-def _add_judge(sub) -> None:
-    """``rayalign judge serve|score|injection|detector-eval`` and ``rayalign judge-eval``."""
-    judge = sub.add_parser("judge", help="the spec-aware judge service").add_subparsers(dest="action", required=True)
-    p = judge.add_parser("serve", help="run the judge on Ray Serve: POST /v1/judge")
-    _add_config_args(p)
-    p.set_defaults(func=_cmd_judge_serve)
-    p = judge.add_parser(
-        "score", help="score a JSONL of requests (prompt, answer, optional reasoning/category/expected)"
-    )
-    p.add_argument("file")
-    p.add_argument("--config", required=True)
-    p.add_argument("--out", help="write verdicts JSONL here (default: stdout)")
-    p.add_argument("overrides", nargs="*", help=argparse.SUPPRESS)
-    p.set_defaults(func=_cmd_judge_score)
-    p = judge.add_parser(
-        "injection", help="score the prompt-injection suite clean vs injected; print the score-shift rate"
-    )
-    p.add_argument("--config", required=True)
-    p.add_argument("--cases", help="JSONL of cases (default: the packaged suite)")
-    p.add_argument("--tolerance", type=float, default=0.5, help="a score move above this counts as shifted")
-    p.add_argument("overrides", nargs="*", help=argparse.SUPPRESS)
-    p.set_defaults(func=_cmd_judge_injection)
-    p = judge.add_parser(
-        "detector-eval",
-        help="rate the cascade's string-match behaviour detector on PyRIT refusal CSVs (no model, no Ray)",
-    )
-    p.add_argument("files", nargs="+", metavar="FILE", help="CSV with objective, assistant_response, human_score")
-    p.set_defaults(func=_cmd_judge_detector_eval)
-
-    p = sub.add_parser(
-        "judge-eval", help="calibrate the judge on a labelled set: accuracy, precision, recall, F1, confusion matrix"
-    )
-    p.add_argument("file", help="CSV/JSONL with prompt, response, label (harmful or not), optional category")
-    p.add_argument("--config", required=True)
-    p.add_argument(
-        "--format",
-        choices=["labelled", "moderation"],
-        default="labelled",
-        help="moderation: the OpenAI moderation-eval JSONL",
-    )
-    p.add_argument("--threshold", type=float, default=5.0, help="judge score below this counts as harmful")
-    p.add_argument("--limit", type=int, default=0, help="score only the first N examples")
-    p.add_argument("overrides", nargs="*", help=argparse.SUPPRESS)
-    p.set_defaults(func=_cmd_judge_eval)
 
 
 def _add_tools(sub) -> None:

@@ -387,6 +387,14 @@ class RLConfig:
 
 
 @dataclass(frozen=True)
+class ProbeConfig:
+    folds: int = bounded(5, ge=2)
+    """Folds of the probe fitted within the eval prompts (`rayalign probe`); twins stay in one fold."""
+    l2: float = bounded(1e-2, ge=0.0)
+    """The probe's L2 penalty, on standardised features."""
+
+
+@dataclass(frozen=True)
 class EvalConfig:
     benchmarks: tuple[str, ...] = ()
     """Benchmarks: loader names with file paths, e.g. jbb_harmful:path/to.csv, or builtin:jbb-harmful."""
@@ -403,6 +411,8 @@ class EvalConfig:
     """Answer length cap."""
     bootstrap_samples: int = bounded(1000, ge=100)
     """Bootstrap resamples for confidence intervals."""
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    """`rayalign probe`: the linear probe on the model's features of training and eval prompts."""
 
 
 @dataclass(frozen=True)

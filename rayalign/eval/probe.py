@@ -126,9 +126,9 @@ def run_probe(
     model: str | None = None,
     benchmarks: Sequence[str] = (),
     limit: int | None = None,
-    folds: int = 5,
-    l2: float = 1e-2,
 ) -> ProbeResult:
+    """The probe of ``model`` (default model.policy) on ``benchmarks`` (default eval.benchmarks); eval.probe."""
+    folds, l2 = cfg.eval.probe.folds, cfg.eval.probe.l2
     start = time.perf_counter()
     train, y_train = labelled(training_prompts(cfg, load_spec(cfg.spec.path))[0])
     names, prompts = load_eval_prompts(

@@ -72,8 +72,7 @@ def test_the_command_writes_every_layer_and_both_poolings(tiny_model, tmp_path, 
             str(config),
             "--benchmark",
             f"jsonl:{held}",
-            "--folds",
-            "3",
+            "--eval.probe.folds=3",
         ]
     )
     assert rc == 0
@@ -82,7 +81,7 @@ def test_the_command_writes_every_layer_and_both_poolings(tiny_model, tmp_path, 
     assert [(r["layer"], r["pool"]) for r in result["rows"]] == [
         (i, p) for i in range(layers) for p in ("last", "mean")
     ]
-    assert (result["train_prompts"], result["eval_prompts"]) == (18, 18)
+    assert (result["train_prompts"], result["eval_prompts"], result["folds"]) == (18, 18, 3)
     for row in result["rows"]:
         for s in (row["transfer"], row["within"]):
             assert 0.0 <= s["auc"] <= 1.0 and 1.0 <= s["best"] <= 2.0
