@@ -101,3 +101,14 @@ def test_eval_prompts_of_one_label_fail_before_the_model_loads(tmp_path):
     cfg = load_config(None, ["--data.prompts=[builtin:mix-train]", "--data.max_prompts=40"])
     with pytest.raises(ConfigError, match="eval.benchmarks.*refuse- and comply-labelled"):
         run_probe(cfg, model=str(tmp_path / "no-model"), benchmarks=["builtin:jbb-harmful"], limit=5)
+
+
+def test_probe_settings_are_config_keys_with_their_ranges():
+    import pytest
+
+    from rayalign.config import ProbeConfig, load_config
+    from rayalign.errors import ConfigError
+
+    assert load_config(None, ["--eval.probe.folds=3", "--eval.probe.l2=0.5"]).eval.probe == ProbeConfig(3, 0.5)
+    with pytest.raises(ConfigError, match=r"eval\.probe\.folds: must be >= 2; got 1"):
+        load_config(None, ["--eval.probe.folds=1"])
