@@ -147,13 +147,13 @@ def _cmd_eval(args) -> int:
 
 def _cmd_probe(args) -> int:
     from rayalign.config import load_config
-    from rayalign.eval.probe import report, run_probe, write_probe
+    from rayalign.eval.probe import report_head, run_probe, write_probe
     from rayalign.runs import RunLayout
 
     cfg = load_config(args.config, args.overrides)
     result = run_probe(cfg, model=args.model, benchmarks=args.benchmark, limit=args.limit)
     out = write_probe(result, args.out or RunLayout.of(cfg).root / "probe")
-    print(report(result).split("\n\n| layer")[0])
+    print("\n".join(report_head(result)))
     print(f"table: {out / 'probe.md'}")
     return 0
 

@@ -36,6 +36,10 @@ class ConfigError(LocatedError):
     """A config file or override that does not fit the config tree."""
 
 
+class EvalError(LocatedError):
+    """A checkpoint list, target name or benchmark set that cannot be evaluated."""
+
+
 class ModelLoadError(RayalignError):
     """A model that cannot be found or loaded."""
 

@@ -151,12 +151,12 @@ def _cells(s: Separation) -> str:
     return f"{s.refused:.2f} | {s.answered:.2f} | {s.total:.2f} | {s.best:.2f} | {s.auc:.2f}"
 
 
-def report(result: ProbeResult) -> str:
-    """Markdown: the table of every layer and pooling, and the best of each kind."""
+def report_head(result: ProbeResult) -> list[str]:
+    """Markdown lines above the table: what was fitted on what, and the rows worth reading first."""
     best_transfer = max(result.rows, key=lambda r: r.transfer.auc)
     best_within = max(result.rows, key=lambda r: r.within.auc)
     last = next(r for r in result.rows if r.layer == result.rows[-1].layer and r.pool == "last")
-    lines = [
+    return [
         f"# Linear probe: {result.model}",
         "",
         f"{result.train_prompts} training prompts (refuse vs comply) -> {result.eval_prompts} eval prompts "
@@ -172,6 +172,13 @@ def report(result: ProbeResult) -> str:
         f"{best_transfer.transfer.total:.2f} (best threshold {best_transfer.transfer.best:.2f}).",
         f"- Best within (fitted on the eval prompts' other folds): layer {best_within.layer} {best_within.pool}, "
         f"AUC {best_within.within.auc:.2f}, refused + answered {best_within.within.total:.2f}.",
+    ]
+
+
+def report(result: ProbeResult) -> str:
+    """Markdown: the head (:func:`report_head`), then the table of every layer and pooling."""
+    lines = [
+        *report_head(result),
         "",
         "| layer | pool | refused | answered | sum | best sum | AUC | within: refused | answered | sum | best sum | AUC |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",

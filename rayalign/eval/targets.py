@@ -6,15 +6,11 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from rayalign.errors import LocatedError
+from rayalign.errors import EvalError
 
 SPEC_SUFFIX = "+spec"
 """Name suffix of a target's spec-in-context variant: ``base`` -> ``base+spec``."""
 _TARGET_NAME = re.compile(r"^[A-Za-z0-9_.-]+(\+spec)?$")
-
-
-class EvalError(LocatedError):
-    """A checkpoint list, target name or benchmark set that cannot be evaluated."""
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ What the base model sees is rendered from these by :mod:`rayalign.stage1.conditi
 
 from __future__ import annotations
 
-import collections
 import hashlib
 import json
 import unicodedata
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from rayalign.datafiles import csv_rows, jsonl_rows, parse_messages
-from rayalign.eval.loaders import BUILTIN_BENCHMARKS, LOADERS, BenchmarkError, load_benchmark
+from rayalign.eval.loaders import BUILTIN_BENCHMARKS, LOADERS, BenchmarkError, limit_prompts, load_benchmark
 from rayalign.types import BEHAVIORS, Message, Prompt
 
 BUILTIN_SETS: dict[str, str] = {
@@ -404,54 +403,6 @@ def order_for_prefix_cache(prompts: Sequence[Prompt]) -> list[Prompt]:
     for prompt in prompts:
         groups.setdefault(prompt.category, []).append(prompt)
     return [p for group in groups.values() for p in group]
-
-
-def limit_prompts(prompts: Sequence[Prompt], n: int, weights: Mapping[str, int] | None = None) -> list[Prompt]:
-    """At most ``n`` prompts, taken round-robin across categories and, within a
-    category, across expected behaviours (0 = all): a small run still sees
-    refusals, compliances and safe completions of every category. ``weights``
-    takes that many prompts of a behaviour per round (default 1; 0 = none).
-
-    >>> from rayalign.types import Message
-    >>> ps = [Prompt(f"{c}{i}", (Message("user", "x"),), c, e) for c in "ab" for i, e in enumerate(["refuse"] * 3 + ["comply"] * 3)]
-    >>> [p.id for p in limit_prompts(ps, 4)]
-    ['a0', 'a3', 'b0', 'b3']
-    >>> [p.id for p in limit_prompts(ps, 6, {"comply": 2})]
-    ['a0', 'a3', 'a4', 'b0', 'b3', 'b4']
-    """
-    weights = weights or {}
-    kept = [p for p in prompts if weights.get(p.expected, 1) > 0]
-    if n <= 0 or n >= len(kept):
-        return kept
-    by_category: dict[str | None, list[Prompt]] = collections.defaultdict(list)
-    for p in kept:
-        by_category[p.category].append(p)
-    queues = [collections.deque(_interleave_behaviours(group, weights)) for group in by_category.values()]
-    chosen: set[str] = set()
-    while len(chosen) < n:
-        for queue in queues:
-            if queue and len(chosen) < n:
-                chosen.add(queue.popleft().id)
-    return [p for p in kept if p.id in chosen]
-
-
-def _interleave_behaviours(prompts: Sequence[Prompt], weights: Mapping[str, int]) -> list[Prompt]:
-    """``weights[b]`` (default 1) prompts of each expected behaviour b in turn (first-seen order), stable within one.
-
-    >>> from rayalign.types import Message
-    >>> ps = [Prompt(str(i), (Message("user", "x"),), "a", e) for i, e in enumerate(["refuse"] * 2 + ["comply"] * 3)]
-    >>> [p.id for p in _interleave_behaviours(ps, {"comply": 2})]
-    ['0', '2', '3', '1', '4']
-    """
-    groups: dict[str | None, collections.deque] = {}
-    for p in prompts:
-        groups.setdefault(p.expected, collections.deque()).append(p)
-    out: list[Prompt] = []
-    while len(out) < len(prompts):
-        for behaviour, group in groups.items():
-            take = min(weights.get(behaviour, 1), len(group))
-            out += [group.popleft() for _ in range(take)]
-    return out
 
 
 def training_prompts(cfg, spec) -> tuple[list[Prompt], list[Prompt], str]:

@@ -256,3 +256,18 @@ def test_missing_file_and_bad_names_are_errors(tmp_path):
     empty = _write(tmp_path, "empty.jsonl", "\n")
     with pytest.raises(BenchmarkError, match=r"empty.jsonl: no prompts"):
         load_benchmark(f"jsonl:{empty}")
+
+
+def test_eval_prompts_need_benchmarks_with_distinct_ids(tmp_path):
+    from rayalign.errors import EvalError
+    from rayalign.eval.loaders import load_eval_prompts
+
+    with pytest.raises(EvalError, match="eval.benchmarks: no benchmarks"):
+        load_eval_prompts([])
+    rows = tmp_path / "a.jsonl"
+    rows.write_text('{"id": "p1", "prompt": "How do I boil an egg?", "expected": "comply"}\n')
+    with pytest.raises(EvalError, match=r"benchmarks\[1\]: benchmark 'jsonl:.*' repeats prompt ids"):
+        load_eval_prompts([f"jsonl:{rows}", f"jsonl:{rows}"])
+    names, prompts = load_eval_prompts(["builtin:jbb-harmful", "builtin:jbb-benign"], limit=10)
+    assert names == ["jbb_harmful", "jbb_benign"]
+    assert Counter(p.expected for p in prompts) == {"refuse": 10, "comply": 10}

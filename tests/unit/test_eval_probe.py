@@ -88,6 +88,7 @@ def test_the_command_writes_every_layer_and_both_poolings(tiny_model, tmp_path, 
             assert (s["n_refuse"], s["n_comply"]) == (9, 9)
     out = capsys.readouterr().out
     assert "Best transfer" in out and "The last layer's last token" in out
+    assert "| layer | pool |" not in out  # the table goes to the file only
     assert "| layer | pool |" in (tmp_path / "run" / "probe" / "probe.md").read_text()
 
 
