@@ -2,6 +2,8 @@
 unreadable or empty: rayalign's own record (latest.json), never a folder it does not know complete."""
 
 import json
+import threading
+import time
 
 import pytest
 
@@ -65,17 +67,17 @@ def test_an_unreadable_snapshot_without_a_record_names_the_file(tmp_path):
         recover(folder, settle_s=0)
 
 
-def test_a_snapshot_being_rewritten_is_read_again(tmp_path, monkeypatch):
+def test_a_snapshot_being_rewritten_is_read_again(tmp_path):
     folder = _folder(tmp_path, snapshot="{", latest=8)
-    calls = []
-
-    def finish_the_write(seconds):  # the writer finishes while recover waits
-        calls.append(seconds)
-        (folder / SNAPSHOT).write_text(_listing(4, 8))
-
-    monkeypatch.setattr("rayalign.recovery.time.sleep", finish_the_write)
-    assert recover(folder, settle_s=5, poll_s=0.5) is None
-    assert calls == [0.5]
+    writer = threading.Timer(0.3, (folder / SNAPSHOT).write_text, [_listing(4, 8)])  # finishes while recover waits
+    writer.start()
+    start = time.monotonic()
+    try:
+        assert recover(folder, settle_s=30, poll_s=0.05) is None  # Ray Train resumes from its own record
+    finally:
+        writer.join()
+    assert 0.3 <= time.monotonic() - start < 30
+    assert _steps(folder) == [4, 8, 12] and not (folder / (SNAPSHOT + ".unreadable")).exists()  # left to Ray
 
 
 def test_forget_recovered_keeps_the_new_record_and_the_result(tmp_path):
