@@ -30,7 +30,7 @@ import torch
 from rayalign.config import Config
 from rayalign.datafiles import write_atomic
 from rayalign.errors import ConfigError
-from rayalign.eval.loaders import load_eval_prompts
+from rayalign.eval.selection import load_eval_prompts
 from rayalign.eval.separability import Separation, cross_scores, fit_probe, separation
 from rayalign.head import no_logits
 from rayalign.models import chat_prompt, load_model

@@ -37,10 +37,10 @@ from rayalign.datafiles import write_atomic
 from rayalign.errors import EvalError
 from rayalign.eval.answers import NOT_JUDGED, EvalAnswer, score_answer
 from rayalign.eval.behaviour import BehaviourRow, Observed, behaviour_rows
-from rayalign.eval.loaders import load_eval_prompts
 from rayalign.eval.metrics import MetricResult, summarize
 from rayalign.eval.report import TargetMetrics, judge_label, log_samples, write_report
 from rayalign.eval.sampling import EvalContext, Sampled, file_name, sample_target
+from rayalign.eval.selection import load_eval_prompts
 from rayalign.eval.targets import EvalTarget
 from rayalign.judge.cascade import cascade_count
 from rayalign.judge.client import JudgeClient, losses_warning

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from rayalign.datafiles import csv_rows, jsonl_rows, parse_messages
-from rayalign.eval.loaders import BUILTIN_BENCHMARKS, LOADERS, BenchmarkError, limit_prompts, load_benchmark
+from rayalign.eval.loaders import BUILTIN_BENCHMARKS, LOADERS, BenchmarkError, load_benchmark
+from rayalign.eval.selection import limit_prompts
 from rayalign.types import BEHAVIORS, Message, Prompt
 
 BUILTIN_SETS: dict[str, str] = {

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from rayalign.errors import LocatedError
-from rayalign.eval import loaders
+from rayalign.eval import loaders, selection
 from rayalign.eval.loaders import (
     BenchmarkError,
     advbench,
@@ -56,8 +56,9 @@ def _write(tmp_path: Path, name: str, text: str) -> Path:
     return path
 
 
-def test_docstring_examples_hold():
-    result = doctest.testmod(loaders)
+@pytest.mark.parametrize("module", [loaders, selection], ids=["loaders", "selection"])
+def test_docstring_examples_hold(module):
+    result = doctest.testmod(module)
     assert result.attempted > 0 and result.failed == 0
 
 
@@ -260,7 +261,7 @@ def test_missing_file_and_bad_names_are_errors(tmp_path):
 
 def test_eval_prompts_need_benchmarks_with_distinct_ids(tmp_path):
     from rayalign.errors import EvalError
-    from rayalign.eval.loaders import load_eval_prompts
+    from rayalign.eval.selection import load_eval_prompts
 
     with pytest.raises(EvalError, match="eval.benchmarks: no benchmarks"):
         load_eval_prompts([])
