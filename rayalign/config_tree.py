@@ -40,9 +40,10 @@ class ModelConfig:
     policy: str = "builtin:smollm2-135m-instruct"
     """Policy weights: builtin:<name>, a local HF directory, a .gguf file, or a Hugging Face id."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    """Weights dtype; auto = bfloat16 on GPU, float32 on CPU (the vLLM sampler: bfloat16 on CPUs with native
-    bf16). Learners keep float32 weights and train in bfloat16 mixed precision (autocast) wherever this is
-    bfloat16: on GPU by default, on CPU when set to bfloat16 (fast on CPUs with AMX or AVX-512 BF16)."""
+    """Compute dtype. auto: vLLM samplers and judges run bfloat16 on GPU and on CPUs with native bf16 (AMX or
+    AVX-512 BF16), else float32; learners keep float32 weights and train in bfloat16 mixed precision
+    (autocast) on GPU and on such CPUs, each resolving it on its own node (1.7-2.2x a float32 step there),
+    else in float32. float32 or bfloat16 fix both."""
     threads: int = bounded(1, ge=1)
     """torch intra-op threads per process; keep 1 where processes share cores."""
     max_model_len: int = bounded(2048, ge=128)

@@ -102,8 +102,8 @@ class TrainingJob:
 
     @property
     def bf16(self) -> bool:
-        """bfloat16 mixed precision (:func:`rayalign.models.mixed_precision`): on GPU by default, on CPU
-        with ``model.dtype: bfloat16``."""
+        """bfloat16 mixed precision (:func:`rayalign.models.mixed_precision`): with ``model.dtype: auto``
+        on GPU and on CPUs with native bf16, read where this is called (the learner's own node)."""
         return mixed_precision(self.cfg.model.dtype, "cuda" if self.use_gpu else "cpu")
 
     def resume_problem(self, saved: Any, checkpoint: str) -> str | None:

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import torch
 
 from rayalign.head import check_plain_head
+from rayalign.models import mixed_precision
 from rayalign.rl.batch import pad_experiences, reference_logprobs
 from rayalign.types import Experience
 
@@ -40,7 +41,7 @@ class ReferenceScorer:
         *,
         threads: int,
         device: str = "cpu",
-        bf16: bool = False,
+        dtype: str = "float32",
         logprob_chunk: int = 0,
     ):
         if device == "cpu":
@@ -48,7 +49,9 @@ class ReferenceScorer:
         self.device = torch.device(device)
         self.model = load_reference(model_path, self.device)
         self.micro_batch_size, self.pad_id = micro_batch_size, pad_id
-        self.bf16 = bf16  # as the learners' reference forward: autocast when they train in bf16
+        # model.dtype, resolved on this actor's node as the learners resolve it on theirs: autocast when they
+        # train in bf16 mixed precision
+        self.bf16 = mixed_precision(dtype, device)
         self.logprob_chunk = logprob_chunk  # rl.logprob_chunk: the head in chunks, as the learners run it
         if logprob_chunk:
             check_plain_head(self.model, "rl.logprob_chunk")

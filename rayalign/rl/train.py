@@ -24,7 +24,7 @@ from rayalign.cluster import init_ray
 from rayalign.config import Config
 from rayalign.errors import ConfigError
 from rayalign.judge.service import JudgeSettings, judge_session
-from rayalign.models import load_tokenizer, mixed_precision, resolve_model
+from rayalign.models import load_tokenizer, resolve_model
 from rayalign.resource_plan import check_resource_plan
 from rayalign.rl.job import RLJob
 from rayalign.rl.loop import RLSummary, rl_loop
@@ -137,7 +137,6 @@ def _reference_actor(cfg: Config, model_path: Path, pad_id: int):
     if ref.resource:
         options["resources"] = {ref.resource: 1}
     gpu = ref.gpus_per_worker > 0
-    bf16 = mixed_precision(cfg.model.dtype, "cuda" if gpu else "cpu")
     return (
         ray.remote(ReferenceScorer)
         .options(**options)
@@ -147,7 +146,7 @@ def _reference_actor(cfg: Config, model_path: Path, pad_id: int):
             pad_id,
             threads=ref.threads or cfg.model.threads,
             device="cuda" if gpu else "cpu",
-            bf16=bf16,
+            dtype=cfg.model.dtype,
             logprob_chunk=cfg.rl.logprob_chunk,
         )
     )

@@ -20,11 +20,10 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import torch
 
-from rayalign.models import resolve_model
+from rayalign.models import cpu_has_native_bf16, resolve_model
 from rayalign.rollout.engine import EngineConfig, Sampled
 from rayalign.rollout.weight_sync import Bucket, GroupAddress, LoraSync, join_group, received
 from rayalign.types import SamplingSettings
@@ -140,14 +139,6 @@ def _vllm_dtype(config: EngineConfig) -> str:
     if config.device != "cpu" or cpu_has_native_bf16():
         return "bfloat16"
     return "float32"
-
-
-def cpu_has_native_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def _sampled(output) -> Sampled:

@@ -5,7 +5,7 @@ import random
 import pytest
 import torch
 
-from rayalign.models import resolve_model
+from rayalign.models import cpu_has_native_bf16, resolve_model
 from rayalign.rl.batch import pad_experiences, reference_logprobs, shard
 from rayalign.rl.learn import reference_for
 from rayalign.rl.reference import ReferenceScorer, load_reference, with_reference
@@ -79,7 +79,7 @@ def test_bf16_scoring_runs_under_cpu_autocast_as_the_learner_does(tiny_model):
     """model.dtype: bfloat16 on CPU: the scorer and the learner's reference forward both run under bfloat16
     autocast over float32 weights, so they agree exactly, and stay near the float32 numbers."""
     path = str(resolve_model(tiny_model))
-    scorer = ReferenceScorer(path, micro_batch_size=4, pad_id=0, threads=1, bf16=True)
+    scorer = ReferenceScorer(path, micro_batch_size=4, pad_id=0, threads=1, dtype="bfloat16")
     model = load_reference(path, "cpu")
     experiences = _experiences(8, model.config.vocab_size)
     scores = scorer.score(experiences)
@@ -94,3 +94,11 @@ def test_bf16_scoring_runs_under_cpu_autocast_as_the_learner_does(tiny_model):
     bf16 = torch.tensor([x for s in scores for x in s])
     assert not torch.equal(bf16, fp32)  # autocast changed the arithmetic
     assert torch.allclose(bf16, fp32, atol=0.1, rtol=0)
+
+
+def test_auto_precision_follows_the_cpu_the_scorer_runs_on(tiny_model):
+    """model.dtype: auto on CPU: the scorer autocasts where its node's CPU has native bf16, as the learners do."""
+    scorer = ReferenceScorer(str(resolve_model(tiny_model)), micro_batch_size=4, pad_id=0, threads=1, dtype="auto")
+    assert scorer.bf16 == cpu_has_native_bf16()
+    float32 = ReferenceScorer(str(resolve_model(tiny_model)), micro_batch_size=4, pad_id=0, threads=1)
+    assert not float32.bf16
