@@ -49,6 +49,7 @@ def _cfg(run_dir, *overrides):
         None,
         [
             "--model.policy=builtin:tiny",
+            "--model.dtype=float32",  # exact comparisons between learners; auto is bf16 on CPUs with native bf16
             "--sft.lr=1e-3",
             "--sft.max_seq_len=96",
             "--sft.learner.num_workers=2",
