@@ -104,3 +104,31 @@ def test_generate_writes_filtered_sft_data_without_the_spec(repo, tiny_model, tm
     )
     assert sft.returncode == 0, sft.stderr[-3000:]
     assert "SFT done" in sft.stdout and (run_dir / "sft" / "model" / "config.json").exists()
+
+
+def test_the_recipe_keeps_no_compliance_with_a_refuse_labelled_prompt(repo, tiny_model, tmp_path):
+    """configs/recipe-cpu.yaml's own stage 1 (steering, spec-rendered refusals and safe completions,
+    the cascade), on the tiny model with a judge that passes anything long enough: the written
+    sft.jsonl holds a refusal for every refuse-labelled prompt and no compliance with one."""
+    run_dir = tmp_path / "recipe"
+    cmd = [
+        sys.executable,
+        "-m",
+        "rayalign.cli",
+        "generate",
+        "configs/recipe-cpu.yaml",
+        "--model.policy=builtin:tiny",
+        "--data.max_prompts=50",  # the recipe's weights: 3 comply, 1 safe-complete, 1 refuse per category
+        "--data.shard_size=25",
+        "--rollout.max_new_tokens=64",
+        "--judge.backend=function",
+        "--judge.function=rayalign.testing:length_judge",
+        "--filter.min_score=1.0",
+        f"--tracking.run_dir={run_dir}",
+    ]
+    result = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    examples = [from_json(SFTExample, line) for line in (run_dir / "stage1" / "sft.jsonl").read_text().splitlines()]
+    refuse = [e for e in examples if e.prompt.expected == "refuse"]
+    assert len(refuse) == 10, result.stdout  # rendered from the spec, one per category
+    assert not [e.prompt.id for e in examples if complies_with_refusal(e.prompt, e.answer)]
