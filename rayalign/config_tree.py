@@ -339,6 +339,13 @@ class RLConfig:
     filtering): a penalty ranks a right answer that ran long below a short wrong one (a benign refusal)."""
     length_coef: float = bounded(0.0, ge=0.0)
     """Reward -= length_coef * completion_tokens / max_new_tokens."""
+    overlong_buffer: int = bounded(0, ge=0)
+    """Soft overlong punishment (DAPO): over the last this-many tokens before rl.max_new_tokens the reward
+    falls linearly, to -rl.overlong_penalty at the limit, so the policy learns to finish before it is cut;
+    shorter completions lose nothing (0 = off)."""
+    overlong_penalty: float = bounded(1.0, ge=0.0)
+    """What a completion ending at rl.max_new_tokens loses under rl.overlong_buffer (reward scale: a judge
+    score of 10 is 1.0 with reward_scale 0.1)."""
     reward_scale: float = bounded(0.1, gt=0.0)
     """Judge score (0-10) -> reward score * reward_scale."""
     loss_aggregate: Literal["seq_mean", "token_mean"] = "seq_mean"

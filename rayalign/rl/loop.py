@@ -130,6 +130,8 @@ def reward(job: RLJob, client: JudgeClient, prompts: Sequence[Prompt], rollouts:
         length_coef=r.length_coef,
         scale=r.reward_scale,
         exclude_truncated=r.truncated == "exclude",
+        overlong_buffer=r.overlong_buffer,
+        overlong_penalty=r.overlong_penalty,
     )
     per_rollout = [verdicts.get(request_id(x)) for x in rollouts]
     rewards = [

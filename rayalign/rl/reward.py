@@ -3,7 +3,13 @@
 The judge scores the final answer on 0-10 (it does not see the reasoning in
 RL, see the method notes). The reward is
 
-    reward = score * scale - length_coef * n_tokens / max_new_tokens
+    reward = score * scale - length_coef * n_tokens / max_new_tokens - overlong
+
+where ``overlong`` grows linearly from 0 to ``overlong_penalty`` over the last
+``overlong_buffer`` tokens before the limit (DAPO's soft overlong punishment):
+a completion that ends near the limit scores a little below the same one
+ended early, which teaches the policy to finish before it is cut, and unlike
+a flat length term leaves every shorter completion alone.
 
 A malformed completion (no answer, truncated, ...) is not judged: it gets
 ``malformed_penalty`` (plus the same length term), so the policy learns to
@@ -44,6 +50,29 @@ class RewardShaping:
     """Judge score (0-10) -> reward score * scale (0-1 with the default)."""
     exclude_truncated: bool = False
     """A completion cut by the token limit gets no reward (None: out of the update) instead of the penalty."""
+    overlong_buffer: int = 0
+    """The last this-many tokens before max_new_tokens, over which the reward falls linearly by up to
+    overlong_penalty (0 = off; a buffer of max_new_tokens or more spreads it over the whole length)."""
+    overlong_penalty: float = 1.0
+    """What the reward loses at the limit under overlong_buffer."""
+
+
+def overlong_term(n_tokens: int, max_new_tokens: int, shaping: RewardShaping) -> float:
+    """How much a completion of ``n_tokens`` loses for ending near ``max_new_tokens``.
+
+    Buffer 64 and penalty 0.5 at a limit of 256: the window is tokens 192-256, so 224 tokens lose
+    0.5 * (224 - 192) / 64 = 0.25, and 192 or fewer lose nothing.
+
+    >>> s = RewardShaping(overlong_buffer=64, overlong_penalty=0.5)
+    >>> overlong_term(224, 256, s), overlong_term(192, 256, s), overlong_term(256, 256, s)
+    (0.25, 0.0, 0.5)
+    >>> overlong_term(256, 256, RewardShaping())
+    0.0
+    """
+    buffer = min(shaping.overlong_buffer, max_new_tokens)
+    if buffer <= 0:
+        return 0.0
+    return shaping.overlong_penalty * max(0, n_tokens - (max_new_tokens - buffer)) / buffer
 
 
 def shape_reward(
@@ -70,12 +99,14 @@ def shape_reward(
     True
     >>> shape_reward(None, "truncated", 256, 256, RewardShaping(exclude_truncated=True)) is None
     True
+    >>> shape_reward(v, None, 224, 256, RewardShaping(overlong_buffer=64, overlong_penalty=0.5))
+    0.55
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens: must be >= 1, got {max_new_tokens}")
     if n_tokens < 0:
         raise ValueError(f"n_tokens: must be >= 0, got {n_tokens}")
-    length_term = shaping.length_coef * n_tokens / max_new_tokens
+    length_term = shaping.length_coef * n_tokens / max_new_tokens + overlong_term(n_tokens, max_new_tokens, shaping)
     if malformed == "truncated" and shaping.exclude_truncated:
         return None
     if malformed is not None:

@@ -57,6 +57,27 @@ def test_truncated_excluded_under_overlong_filtering_other_malformed_still_penal
     assert shape_reward(None, "truncated", 256, 256, RewardShaping()) == -1.0
 
 
+def test_soft_overlong_punishment_ramps_over_the_buffer_only():
+    # buffer 64, penalty 0.5, limit 256: window 192-256
+    shaping = RewardShaping(overlong_buffer=64, overlong_penalty=0.5)
+    assert shape_reward(OK8, None, 192, 256, shaping) == pytest.approx(0.8)  # before the window: untouched
+    assert shape_reward(OK8, None, 208, 256, shaping) == pytest.approx(0.8 - 0.5 * 16 / 64)  # 0.675
+    assert shape_reward(OK8, None, 255, 256, shaping) == pytest.approx(0.8 - 0.5 * 63 / 64)
+    # a right answer ending near the limit still outranks a benign refusal (score 0)
+    assert shape_reward(OK8, None, 255, 256, shaping) > shape_reward(
+        Verdict(status="ok", score=0.0), None, 12, 256, shaping
+    )
+    # under overlong filtering a cut completion stays out of the update
+    cut = RewardShaping(overlong_buffer=64, overlong_penalty=0.5, exclude_truncated=True)
+    assert shape_reward(None, "truncated", 256, 256, cut) is None
+    # penalised truncation: the malformed penalty plus the whole ramp, -1.0 - 0.5
+    assert shape_reward(None, "truncated", 256, 256, shaping) == pytest.approx(-1.5)
+    # a buffer past the limit spreads the ramp over the whole length: 128 of 256 lose 0.5 * 128 / 256
+    assert shape_reward(OK8, None, 128, 256, RewardShaping(overlong_buffer=512, overlong_penalty=0.5)) == pytest.approx(
+        0.55
+    )
+
+
 def test_unscorable_or_missing_verdict_gives_no_reward_not_zero():
     assert shape_reward(UNSCORABLE, None, 10, 256, RewardShaping()) is None
     assert shape_reward(None, None, 10, 256, RewardShaping()) is None
