@@ -106,18 +106,18 @@ def shape_reward(
         raise ValueError(f"max_new_tokens: must be >= 1, got {max_new_tokens}")
     if n_tokens < 0:
         raise ValueError(f"n_tokens: must be >= 0, got {n_tokens}")
-    length_term = shaping.length_coef * n_tokens / max_new_tokens + overlong_term(n_tokens, max_new_tokens, shaping)
+    length_cost = shaping.length_coef * n_tokens / max_new_tokens + overlong_term(n_tokens, max_new_tokens, shaping)
     if malformed == "truncated" and shaping.exclude_truncated:
         return None
     if malformed is not None:
-        return shaping.malformed_penalty - length_term
+        return shaping.malformed_penalty - length_cost
     if verdict is None or verdict.status == "unscorable":
         return None
     if verdict.score is None:
         # An "ok" verdict always carries a score; silently treating this as
         # unscorable would hide a judge-parsing bug.
         raise ValueError(f"verdict.score: None on a verdict with status 'ok' ({verdict.request_id})")
-    return verdict.score * shaping.scale - length_term
+    return verdict.score * shaping.scale - length_cost
 
 
 def shape_rollout_reward(
