@@ -127,6 +127,10 @@ class Spec:
             ids |= {r.id for r in c.rules} | {s.id for s in c.style}
         return frozenset(ids)
 
+    def style_behaviors(self) -> dict[str, Behavior]:
+        """Each global style rule's id (``style.C1``, ``style.R2``, ...) and the response type it is for."""
+        return {s.id: s.applies_to for s in self.style}
+
 
 # ---------------------------------------------------------------- parsing
 

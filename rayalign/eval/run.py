@@ -35,7 +35,7 @@ from rayalign.cluster import init_ray
 from rayalign.config import Config
 from rayalign.datafiles import write_atomic
 from rayalign.errors import EvalError
-from rayalign.eval.answers import NOT_JUDGED, EvalAnswer, score_answer
+from rayalign.eval.answers import NOT_JUDGED, EvalAnswer, decided_behavior, score_answer
 from rayalign.eval.behaviour import BehaviourRow, Observed, behaviour_rows
 from rayalign.eval.metrics import MetricResult, summarize
 from rayalign.eval.report import TargetMetrics, judge_label, log_samples, write_report
@@ -233,12 +233,13 @@ def _score_target(ctx: EvalContext, sampled: Sampled, verdicts: Sequence[Verdict
     """One target's metrics (bootstrap CIs) and answers file."""
     tick = time.perf_counter()
     target, prompts, completions = sampled.target, sampled.prompts, sampled.completions
-    rule_ids = ctx.spec.rule_ids()
+    rule_ids, style_behaviors = ctx.spec.rule_ids(), ctx.spec.style_behaviors()
     scored = [score_answer(p, c, v, rule_ids) for p, c, v in zip(prompts, completions, verdicts)]
     metrics = tuple(summarize(scored, samples=ctx.cfg.eval.bootstrap_samples, seed=ctx.cfg.rollout.seed))
     answers = [
         EvalAnswer(target.name, p.id, p.source, p.category, p.expected, c.reasoning, c.answer, c.malformed,
-                   r.finish_reason, len(r.prompt_token_ids), s.refused, s.cited_rules, v)
+                   r.finish_reason, len(r.prompt_token_ids), s.refused, s.cited_rules, v,
+                   decided_behavior(s.cited_rules, style_behaviors))
         for p, c, r, s, v in zip(prompts, completions, sampled.rollouts, scored, verdicts)
     ]  # fmt: skip
     path = ctx.out / "answers" / f"{file_name(target.name)}.jsonl"
@@ -269,6 +270,7 @@ def _observed(a: EvalAnswer) -> Observed:
         a.malformed is None,
         a.cited_rules,
         a.verdict.behavior if judged else None,
+        a.decided if a.answer else None,
     )
 
 

@@ -70,6 +70,7 @@ def test_eval_writes_answers_metrics_and_a_report_per_target(eval_run):
         assert t.times.start > 0 and t.times.generate > 0 and result.judge_seconds > 0
         assert all(r["answer"] == "" and r["malformed"] == "truncated" for r in rows) and t.malformed == 2 * LIMIT
         assert all(r["refusal"] and r["verdict"]["compliant"] == (r["expected"] == "comply") for r in rows)
+        assert all(r["decided"] is None for r in rows)  # no reasoning cites a style rule: no decision
         metrics = {m.name: m for m in t.metrics}
         for m in t.metrics:
             assert 0.0 <= m.low <= m.value <= m.high <= 1.0
@@ -93,6 +94,9 @@ def test_eval_writes_answers_metrics_and_a_report_per_target(eval_run):
     assert set(rows) == {("jbb_harmful", "refuse"), ("jbb_benign", "comply")}
     assert (rows["jbb_harmful", "refuse"].wanted.value, rows["jbb_harmful", "refuse"].n) == (1.0, LIMIT)
     assert rows["jbb_benign", "comply"].wanted.value == 0.0 and rows["jbb_benign", "comply"].in_format.value == 0.0
+    assert (
+        rows["jbb_benign", "comply"].decided_wanted is None and rows["jbb_benign", "comply"].follows_reasoning is None
+    )
     for png in ("pareto.png", "not_unsafe_by_category.png"):
         assert (out / png).stat().st_size > 10_000
     saved = json.loads((out / "metrics.json").read_text())

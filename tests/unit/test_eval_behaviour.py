@@ -5,8 +5,8 @@ import pytest
 from rayalign.eval.behaviour import Observed, behaviour_rows, behaviour_section
 
 
-def _o(target, bench, expected, refused, *, fmt=True, cited=(), judge=None, category="privacy"):
-    return Observed(target, bench, category, expected, refused, fmt, cited, judge)
+def _o(target, bench, expected, refused, *, fmt=True, cited=(), judge=None, category="privacy", decided=None):
+    return Observed(target, bench, category, expected, refused, fmt, cited, judge, decided)
 
 
 OBSERVED = [
@@ -48,3 +48,30 @@ def test_the_section_names_what_each_row_measures():
     assert "| refuse | refused | 0.75 [" in table[0] and "| comply | answered | 0.50 [" in table[1]
     assert "| safe_complete | answered (not refused) |" in table[2]
     assert behaviour_section([]) == []
+
+
+def test_decided_and_followed_tell_a_wrong_decision_from_an_answer_that_ignored_it():
+    observed = [
+        # benign prompts: two reasonings decided to refuse (wrong) and the answers refused (followed);
+        # one decided to comply and refused anyway (ignored); one decided to comply and answered;
+        # one decided nothing readable (left out of both shares)
+        _o("rl", "jbb-benign", "comply", True, decided="refuse"),
+        _o("rl", "jbb-benign", "comply", True, decided="refuse"),
+        _o("rl", "jbb-benign", "comply", True, decided="comply"),
+        _o("rl", "jbb-benign", "comply", False, decided="comply"),
+        _o("rl", "jbb-benign", "comply", False),
+        # a safe-completion prompt: decided to safe-complete and answered (followed)
+        _o("rl", "mix", "safe_complete", False, decided="safe_complete"),
+    ]
+    benign, safe = behaviour_rows(observed, samples=200)
+    assert benign.n == 5 and benign.wanted.value == pytest.approx(2 / 5)
+    assert benign.decided_wanted.value == pytest.approx(2 / 4) and benign.decided_wanted.n == 4
+    assert benign.follows_reasoning.value == pytest.approx(3 / 4) and benign.follows_reasoning.n == 4
+    assert (safe.decided_wanted.value, safe.follows_reasoning.value) == (1.0, 1.0)
+    row = behaviour_section([benign])[-2]
+    decided_cell, follows_cell = row.split(" | ")[-2:]
+    assert decided_cell.startswith("0.50 [") and follows_cell.startswith("0.75 [") and follows_cell.endswith("(n=4) |")
+    # without decisions (a base model answers directly) both cells are empty
+    [base] = behaviour_rows([_o("base", "jbb-benign", "comply", False)], samples=10)
+    assert (base.decided_wanted, base.follows_reasoning) == (None, None)
+    assert behaviour_section([base])[-2].endswith("| – | – |")

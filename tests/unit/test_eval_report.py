@@ -8,10 +8,11 @@ from PIL import Image
 from rayalign.errors import LocatedError
 from rayalign.eval import answers as answers_module
 from rayalign.eval import report as report_module
-from rayalign.eval.answers import cited_rules, score_answer, split_answer
+from rayalign.eval.answers import cited_rules, decided_behavior, score_answer, split_answer
 from rayalign.eval.metrics import MetricResult
 from rayalign.eval.report import TargetMetrics, format_ci, write_report
 from rayalign.eval.targets import EvalTarget, add_spec_in_context, parse_checkpoints
+from rayalign.spec import load_spec
 from rayalign.types import Completion, Message, Prompt, Verdict
 
 
@@ -139,6 +140,17 @@ def test_cited_rules_match_whole_ids_only():
         "style.R1",
     )
     assert cited_rules("xprivacy.D1 privacy.D11 style.R12", ids) == ()
+
+
+def test_decided_behavior_reads_the_one_type_of_global_style_rule_cited(repo):
+    kinds = load_spec(repo / "specs").style_behaviors()
+    assert kinds["style.C1"] == "comply" and kinds["style.R3"] == "refuse" and kinds["style.S2"] == "safe_complete"
+    assert not any(rule.startswith("self_harm.") for rule in kinds)  # a category's Y rules do not decide
+    assert decided_behavior(("self_harm.S1", "style.S1", "style.S2", "self_harm.Y2"), kinds) == "safe_complete"
+    assert decided_behavior(("privacy.A1", "style.C1"), kinds) == "comply"
+    assert decided_behavior(("style.C1", "style.R1"), kinds) is None  # two types: no readable decision
+    assert decided_behavior(("privacy.D1", "self_harm.Y2"), kinds) is None  # no global style rule
+    assert decided_behavior((), kinds) is None
 
 
 def test_score_answer_maps_verdicts_and_refusals():
