@@ -146,17 +146,17 @@ def test_interleave_takes_each_files_rows_in_turn_per_category():
     violent = [r["kind"] for r in rows if r["category"] == "violent_wrongdoing" and r["expected"] == "comply"]
     assert violent.index("intent_twin") < 3  # not after every benign.jsonl row
     kinds = {r["id"]: r["kind"] for r in rows}
-    recipe = limit_prompts(read_prompts("builtin:mix-train"), 400, {"comply": 3})  # configs/recipe-cpu.yaml's cut
+    recipe = limit_prompts(read_prompts("builtin:mix-train"), 450, {"comply": 3})  # configs/recipe-cpu.yaml's cut
     assert Counter(kinds[p.id] for p in recipe)["intent_twin"] >= 100
 
 
 def test_handwritten_safe_completions(categories):
     rows = handwritten_rows(MIX_DIR / "safe_complete.jsonl")
-    assert len(rows) >= 40
+    assert len(rows) >= 120
     assert {r.expected for r in rows} == {"safe_complete"} and {r.kind for r in rows} == {"safe_completion"}
     per_category = Counter(r.category for r in rows)
-    assert per_category["self_harm"] >= 10 and per_category["regulated_advice"] >= 10
-    assert set(per_category) <= set(categories)
+    assert per_category["self_harm"] >= 20 and per_category["regulated_advice"] >= 20
+    assert set(per_category) == set(categories) and min(per_category.values()) >= 10
 
 
 def test_handwritten_rows_name_file_line_and_field(tmp_path):
